@@ -1,0 +1,22 @@
+"""The errors the library raises; the command line turns them into one line and an exit code."""
+
+
+class AdPulseError(Exception):
+    """Something the user can fix: bad input, a bad flag, a model that cannot be found.
+
+    The message is one line that says what was wrong, where, and how to fix it.
+    """
+
+    exit_code = 2
+
+
+class InputError(AdPulseError):
+    """The catalog or data file cannot be read as asked."""
+
+
+class ModelNotFoundError(AdPulseError):
+    """A base model, adapter or tokenizer cannot be found locally or on the Hub."""
+
+
+class SettingsError(AdPulseError):
+    """An option has a value that cannot work, alone or with another option."""

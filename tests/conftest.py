@@ -1,0 +1,74 @@
+"""Shared fixtures: a tiny BLOOM and adapter made on the spot, catalogs in tmp_path.
+
+Nothing here touches the network: HF_HUB_OFFLINE is set before transformers is imported,
+and every model is a directory written by `make-test-model`.
+"""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # as the package sets it, before torch loads
+
+import csv
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from adpulse_batch.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_CSV = REPO / "sample_catalogs" / "catalog.csv"
+SAMPLE_PARQUET = REPO / "sample_catalogs" / "catalog.parquet"
+
+
+@pytest.fixture(scope="session")
+def test_model(tmp_path_factory):
+    """(model_dir, adapter_dir): a tiny random BLOOM, and a random LoRA adapter recording it as base."""
+    from adpulse_batch.testmodel import make_test_model
+
+    root = tmp_path_factory.mktemp("models")
+    make_test_model(root / "tiny", adapter_path=root / "tiny-adapter")
+    return root / "tiny", root / "tiny-adapter"
+
+
+@pytest.fixture
+def run_cli(test_model):
+    """Invoke `adpulse-batch ARGS...`; returns the Click result (stdout and stderr apart)."""
+
+    def invoke(*args, env=None):
+        return CliRunner().invoke(cli, [str(a) for a in args], env=env, catch_exceptions=False)
+
+    return invoke
+
+
+@pytest.fixture
+def run_ads(run_cli, test_model):
+    """`adpulse-batch run` with the test adapter and few new tokens (fast)."""
+    _, adapter = test_model
+
+    def invoke(*args, env=None):
+        return run_cli("run", *args, "--adapter", adapter, "--max-new-tokens", "12", "--quiet", env=env)
+
+    return invoke
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: Path) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        records = list(csv.reader(handle))
+    return records[0], records[1:]
+
+
+def assert_same_table(actual, expected) -> None:
+    """Same column names, Arrow types and values (NaN equal to NaN, which Table.equals denies)."""
+    assert actual.schema.remove_metadata() == expected.schema.remove_metadata()
+    assert repr(actual.to_pylist()) == repr(expected.to_pylist())
