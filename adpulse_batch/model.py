@@ -1,0 +1,204 @@
+"""Finding and loading the base model, its tokenizer and the LoRA adapter.
+
+Names are directories or Hugging Face Hub ids. Hub files go through the Hugging Face cache
+(HF_HOME), so with HF_HUB_OFFLINE=1 a model downloaded once keeps working offline. The
+adapter is merged into the base weights: merged LoRA runs at the base model's speed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from adpulse_batch.errors import ModelNotFoundError, SettingsError
+from adpulse_batch.prompts import ADAPTER_METADATA, Template, adapter_template
+from adpulse_batch.settings import ModelSettings
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What wrote the ads: names as given plus the Hub revision when known."""
+
+    model: str
+    model_revision: str | None
+    adapter: str | None
+    adapter_revision: str | None
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    tokenizer: object
+    identity: ModelIdentity
+    device: torch.device
+    dtype: torch.dtype
+
+
+def resolve_device(name: str, index: int | None = None) -> torch.device:
+    """`auto` is the GPU when PyTorch sees one; `index` picks one GPU of several."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SettingsError(f"--device cuda: PyTorch sees no CUDA GPU here (torch {torch.__version__}); use --device cpu")
+        return torch.device("cuda", index if index is not None else torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def is_local(name: str) -> bool:
+    return Path(name).expanduser().is_dir()
+
+
+def base_model_name(settings: ModelSettings) -> str:
+    """`--model` when given, else the base model the adapter's adapter_config.json records."""
+    if settings.model is not None:
+        return settings.model
+    base = _adapter_config(settings.adapter).base_model_name_or_path
+    if not base:
+        raise SettingsError(f"adapter {settings.adapter!r} does not record its base model; name it with --model")
+    return base
+
+
+def load_tokenizer(settings: ModelSettings):
+    """The adapter's own tokenizer when its directory has one (finetune saves it), else the
+    base model's. Padding goes on the left, as batched generation needs."""
+    from transformers import AutoTokenizer
+
+    source = settings.adapter if _has_tokenizer(settings.adapter) else base_model_name(settings)
+    tokenizer = _from_hub_or_dir(AutoTokenizer.from_pretrained, source, "adapter" if source == settings.adapter else "base model")
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_template(settings: ModelSettings, template_file: Path | None) -> Template:
+    """`--template FILE`, else the adapter's own template, else the default."""
+    if template_file is not None:
+        return Template.from_file(template_file)
+    if settings.adapter is not None:
+        _adapter_config(settings.adapter)  # a missing adapter fails here, with its own message
+        own = _adapter_template(settings.adapter)
+        if own is not None:
+            return own
+    return Template()
+
+
+def load_model(settings: ModelSettings, *, device: torch.device | None = None, tokenizer=None) -> LoadedModel:
+    """Load the base model in the chosen dtype on `device`, apply and merge the adapter."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    device = device or resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    base = base_model_name(settings)
+    config = _from_hub_or_dir(AutoConfig.from_pretrained, base, "base model")
+    if config.model_type != "bloom":
+        raise SettingsError(
+            f"--model {base!r} is a {config.model_type!r} model; adpulse-batch runs BLOOM models (bigscience/bloom-*)"
+        )
+    log.info("loading %s (%s) on %s", base, str(dtype).removeprefix("torch."), device)
+    model = _from_hub_or_dir(AutoModelForCausalLM.from_pretrained, base, "base model", dtype=dtype, device_map=str(device))
+    adapter_revision = None
+    if settings.adapter is not None:
+        model, adapter_revision = _merge_adapter(model, settings.adapter, base)
+    model.eval()
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings)
+    identity = ModelIdentity(
+        model=base,
+        model_revision=getattr(config, "_commit_hash", None) if not is_local(base) else None,
+        adapter=settings.adapter,
+        adapter_revision=adapter_revision,
+    )
+    return LoadedModel(model, tokenizer, identity, device, dtype)
+
+
+def _merge_adapter(model, adapter: str, base: str):
+    from peft import PeftModel
+
+    config = _adapter_config(adapter)
+    if str(config.peft_type) not in ("LORA", "PeftType.LORA"):
+        raise SettingsError(f"--adapter {adapter!r} is a {config.peft_type} adapter; adpulse-batch applies LoRA adapters")
+    log.info("applying adapter %s", adapter)
+    try:
+        peft_model = _from_hub_or_dir(lambda name: PeftModel.from_pretrained(model, name), adapter, "adapter")
+    except RuntimeError as error:  # weights of the wrong shape: trained on another base
+        raise SettingsError(
+            f"--adapter {adapter!r} does not fit the base model {base!r} ({str(error).splitlines()[0][:160]}); "
+            "pass the base model it was trained on with --model"
+        ) from None
+    revision = getattr(config, "revision", None)
+    return peft_model.merge_and_unload(), revision
+
+
+@functools.lru_cache(maxsize=8)
+def _adapter_config(adapter: str):
+    from peft import PeftConfig
+
+    return _from_hub_or_dir(PeftConfig.from_pretrained, adapter, "adapter")
+
+
+def _adapter_template(adapter: str) -> Template | None:
+    if is_local(adapter):
+        return adapter_template(Path(adapter).expanduser())
+    # A Hub adapter written by finetune carries the same file; the original one does not.
+    from huggingface_hub import hf_hub_download
+
+    try:
+        path = hf_hub_download(adapter, ADAPTER_METADATA)
+    except Exception:  # absent from the repo, or not cached while offline: the default template
+        return None
+    return adapter_template(Path(path).parent)
+
+
+def _has_tokenizer(adapter: str | None) -> bool:
+    return adapter is not None and is_local(adapter) and (Path(adapter).expanduser() / "tokenizer_config.json").is_file()
+
+
+def _from_hub_or_dir(load, name: str, what: str, **kwargs):
+    """Call a from_pretrained-style `load` on a directory or Hub id; failure becomes one
+    line that names the flag and says how to point at a local copy."""
+    flag = "--adapter" if what == "adapter" else "--model"
+    if is_local(name):
+        try:
+            return load(str(Path(name).expanduser()), **kwargs)
+        except (OSError, ValueError) as error:
+            raise ModelNotFoundError(f"cannot load the {what} from {name}: {_first_line(error)}; check {flag}") from None
+    if not _looks_like_hub_id(name):
+        raise ModelNotFoundError(f"cannot find the {what} {name}: no such directory; check {flag}")
+    try:
+        return load(name, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelNotFoundError(
+            f"cannot load the {what} {name!r}: it is not a local directory and the Hugging Face Hub did not provide it "
+            f"({_first_line(error)}); download it once where the Hub is reachable (`hf download {name} --local-dir DIR`) "
+            f"and pass {flag} DIR"
+        ) from None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) <= 2 and all(parts) and not name.startswith((".", "~", "/"))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
