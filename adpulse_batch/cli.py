@@ -1,0 +1,207 @@
+"""The `adpulse-batch` command line: parses and checks flags, calls the library, and turns
+its errors into one line on stderr with an exit code. No torch import here: --help is instant."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from adpulse_batch import __version__
+from adpulse_batch.errors import AdPulseError
+from adpulse_batch.settings import DEFAULT_ADAPTER, DEVICES, DTYPES
+
+
+class AdPulseGroup(click.Group):
+    """A group whose errors, usage errors included, are one line on stderr."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as error:
+            where = f" (see '{error.ctx.command_path} --help')" if getattr(error, "ctx", None) else ""
+            _fail(f"{error.format_message()}{where}", error.exit_code)
+        except AdPulseError as error:
+            _fail(str(error), error.exit_code)
+        except click.exceptions.Abort:
+            _fail("interrupted; no output was written", 130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(message: str, code: int):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group(cls=AdPulseGroup)
+@click.version_option(__version__, prog_name="adpulse-batch")
+def cli():
+    """Turn product catalogs into ad copy with a LoRA-tuned BLOOM, as a batch job.
+
+    \b
+    Example:
+        adpulse-batch run catalog.parquet -o catalog.ads.parquet
+    """
+
+
+def model_options(command):
+    """--model, --adapter, --device, --dtype: which model, and where it runs."""
+
+    @click.option(
+        "--model",
+        envvar="ADPULSE_MODEL",
+        metavar="DIR|HUB_ID",
+        help="Base model (directory or Hub id). Default: the base model the adapter records. Env: ADPULSE_MODEL.",
+    )
+    @click.option(
+        "--adapter",
+        envvar="ADPULSE_ADAPTER",
+        default=DEFAULT_ADAPTER,
+        show_default=True,
+        metavar="DIR|HUB_ID|none",
+        help="PEFT LoRA adapter (directory or Hub id), merged into the base; 'none' for the base model alone. Env: ADPULSE_ADAPTER.",
+    )
+    @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: a CUDA GPU when there is one.")
+    @click.option(
+        "--dtype",
+        type=click.Choice(DTYPES),
+        default="auto",
+        show_default=True,
+        help="auto: bfloat16 on GPUs that support it, else float16 on GPU; float32 on CPU.",
+    )
+    @functools.wraps(command)
+    def wrapper(*args, model, adapter, device, dtype, **kwargs):
+        from adpulse_batch.settings import ModelSettings
+
+        adapter = None if adapter is None or adapter.lower() == "none" else adapter
+        return command(*args, model_settings=ModelSettings(model=model, adapter=adapter, device=device, dtype=dtype), **kwargs)
+
+    return wrapper
+
+
+def column_options(command):
+    """--product-column, --description-column: which catalog columns hold the product."""
+    command = click.option(
+        "--description-column",
+        metavar="COLUMN|none",
+        help="Column with the description. Default: the first of description, product_description, desc, body; "
+        "'none' when the catalog has no description.",
+    )(command)
+    return click.option(
+        "--product-column",
+        metavar="COLUMN",
+        help="Column with the product name. Default: the first of product, product_name, name, title (any case).",
+    )(command)
+
+
+@cli.command()
+@click.argument("input", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (.csv, .parquet or .jsonl). Default: <stem>.ads.<suffix> beside the input.")
+@column_options
+@click.option("--ad-column", default="ad_copy", show_default=True, help="Name of the new ad column (<name>_1..<name>_K with --num-variants K).")
+@click.option("--status-column", default="ad_status", show_default=True, help="Name of the new status column.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV and JSONL input.")
+@click.option("--limit", type=int, metavar="N", help="Process only the first N rows (to try a setting on a big file).")
+@model_options
+@click.option("--template", type=click.Path(path_type=Path), metavar="FILE", help="Prompt template file with {product} and {description}. Default: the adapter's own, else the AdPulse prompt.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Rows generated together.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Most tokens per ad.")
+@click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts have their description cut to fit (status 'ok: input truncated').")
+@click.option("--num-variants", type=int, default=1, show_default=True, help="Ads per product (needs --temperature above 0).")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy. Above 0: sampled.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling threshold.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampled ads (per row and variant, so reruns repeat).")
+@click.option("--max-chars", type=int, metavar="N", help="Cut each ad to at most N characters, at a word boundary.")
+@click.option("--report", type=click.Path(path_type=Path), metavar="PATH", help="Write a JSON report of the run here.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no log lines, no summary.")
+def run(input, output, product_column, description_column, ad_column, status_column, encoding, limit, model_settings,
+        template, batch_size, max_new_tokens, max_prompt_tokens, num_variants, temperature, top_p, seed, max_chars, report, quiet):
+    """Write an ad for every product of a catalog.
+
+    INPUT is a .csv, .parquet or .jsonl catalog, or a directory of Parquet files. The output
+    has every input row once, in order, unchanged, plus the ad and status columns.
+
+    \b
+    Examples:
+        adpulse-batch run catalog.parquet
+        adpulse-batch run catalog.csv -o ads.csv --adapter adapters/mine --limit 20
+    """
+    from adpulse_batch.settings import GenerationSettings, RunSettings
+
+    settings = RunSettings(
+        input=input,
+        output=output,
+        product_column=product_column,
+        description_column=description_column,
+        ad_column=ad_column,
+        status_column=status_column,
+        encoding=encoding,
+        limit=limit,
+        template=template,
+        model=model_settings,
+        generation=GenerationSettings(
+            max_new_tokens=max_new_tokens,
+            num_variants=num_variants,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            max_chars=max_chars,
+        ),
+        batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens,
+        report=report,
+        quiet=quiet,
+    )
+    _setup_logging(quiet)
+    from adpulse_batch.run import run_catalog
+
+    summary = run_catalog(settings, progress=not quiet and sys.stderr.isatty())
+    if not quiet:
+        click.echo(summary.line(), err=True)
+
+
+@cli.command("make-test-model")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path), metavar="DIR", help="Also write a random LoRA adapter for it here.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
+def make_test_model(directory, adapter_dir, seed):
+    """Write a tiny random BLOOM and a tokenizer trained on the spot (no download).
+
+    For smoke-testing pipelines in seconds: the ads are gibberish, but every step of a
+    real run happens.
+
+    \b
+    Example:
+        adpulse-batch make-test-model /tmp/tiny --adapter /tmp/tiny-adapter
+        adpulse-batch run sample_catalogs/catalog.csv --adapter /tmp/tiny-adapter
+    """
+    _setup_logging(quiet=False)
+    from adpulse_batch.testmodel import make_test_model as make
+
+    make(directory, adapter_path=adapter_dir, seed=seed)
+    click.echo(f"wrote a test model to {directory}" + (f" and an adapter to {adapter_dir}" if adapter_dir else ""), err=True)
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="adpulse-batch: %(message)s", stream=sys.stderr)
+    # The libraries' own chatter (weight-loading bars, retries, deprecation notices) is not
+    # ours to show: a failure reaches the user as our one-line error. Their loggers are set
+    # up when they are imported, so import them first.
+    from huggingface_hub.utils import logging as hub_logging
+    from transformers.utils import logging as transformers_logging
+
+    hub_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    for name in ("peft", "accelerate", "torch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
+def main():
+    cli(prog_name="adpulse-batch")

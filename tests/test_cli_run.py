@@ -1,0 +1,211 @@
+"""`adpulse-batch run` end to end: the tiny model, real files, exact errors and exit codes."""
+
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import REPO, SAMPLE_CSV, SAMPLE_PARQUET, assert_same_table, read_csv, write_csv
+
+
+def test_csv_catalog_comes_back_whole_with_ads(run_ads, tmp_path):
+    out = tmp_path / "ads.csv"
+    result = run_ads(SAMPLE_CSV, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""  # stdout is for data; the run writes to a file
+    in_header, in_rows = read_csv(SAMPLE_CSV)
+    header, rows = read_csv(out)
+    assert header == in_header + ["ad_copy", "ad_status"]
+    assert [r[: len(in_header)] for r in rows] == in_rows  # every row, in order, cells as written
+    assert rows[0][0] == "000123"
+    by_name = {r[1]: r for r in rows}
+    assert by_name["Family camping bundle"][-1] == "ok: input truncated"
+    skipped = [r for r in rows if r[1] == "" and r[2] == ""]
+    assert [(r[-2], r[-1]) for r in skipped] == [("", "skipped: no product name or description")]
+    assert sum(r[-1] == "ok" for r in rows) == len(rows) - 2
+    assert sum(r[-2] != "" for r in rows if r[-1].startswith("ok")) > len(rows) / 2
+
+
+def test_parquet_catalog_keeps_its_types(run_ads, tmp_path):
+    result = run_ads(SAMPLE_PARQUET, "-o", tmp_path / "ads.parquet")
+    assert result.exit_code == 0, result.stderr
+    source = pq.read_table(SAMPLE_PARQUET)
+    out = pq.read_table(tmp_path / "ads.parquet")
+    assert out.column_names == source.column_names + ["ad_copy", "ad_status"]
+    assert_same_table(out.select(source.column_names), source)
+
+
+def test_default_output_is_beside_the_input(run_ads, tmp_path):
+    source = write_csv(tmp_path / "shop.csv", ["name", "description"], [["Mug", "Blue"]])
+    assert run_ads(source).exit_code == 0
+    assert read_csv(tmp_path / "shop.ads.csv")[0] == ["name", "description", "ad_copy", "ad_status"]
+
+
+def test_same_ads_whatever_the_batch_size(run_ads, tmp_path):
+    for size in (1, 32):
+        assert run_ads(SAMPLE_CSV, "-o", tmp_path / f"b{size}.csv", "--batch-size", size).exit_code == 0
+    assert (tmp_path / "b1.csv").read_bytes() == (tmp_path / "b32.csv").read_bytes()
+
+
+def test_identical_products_are_generated_once(run_ads, tmp_path):
+    rows = [["Mug", "Blue stoneware"]] * 4 + [["Pen", "Black ink"]]
+    source = write_csv(tmp_path / "in.csv", ["name", "description"], rows)
+    result = run_ads(source, "-o", tmp_path / "out.csv", "--report", tmp_path / "report.json")
+    assert result.exit_code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["rows_total"], report["rows_generated"], report["prompts_generated"]) == (5, 5, 2)
+    ads = [r[2] for r in read_csv(tmp_path / "out.csv")[1]]
+    assert len(set(ads[:4])) == 1
+
+
+def test_report_says_what_ran(run_ads, test_model, tmp_path):
+    report_path = tmp_path / "report.json"
+    result = run_ads(SAMPLE_CSV, "-o", tmp_path / "out.csv", "--limit", 10, "--report", report_path)
+    assert result.exit_code == 0
+    report = json.loads(report_path.read_text())
+    assert report["rows_total"] == 10 and report["rows_generated"] == 10 and report["rows_skipped"] == 0
+    assert report["model"]["model"] == str(test_model[0])
+    assert report["model"]["adapter"] == str(test_model[1])
+    assert report["template"].startswith("You are the world's best Marketing expert.")
+    assert report["generation"]["max_new_tokens"] == 12 and report["generation"]["temperature"] == 0
+    assert report["new_tokens"] > 0 and report["seconds"] > 0
+    assert len(read_csv(tmp_path / "out.csv")[1]) == 10
+
+
+def test_summary_line_on_stderr(run_cli, test_model, tmp_path):
+    result = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "out.csv", "--adapter", test_model[1], "--max-new-tokens", 4, "--limit", 5)
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "5 rows read, 5 generated, 0 skipped, 0 truncated in" in result.stderr.splitlines()[-1]
+
+
+def test_adapter_changes_the_ads_and_none_runs_the_base(run_cli, test_model, tmp_path):
+    model, adapter = test_model
+    common = ["--max-new-tokens", 12, "--limit", 8, "-q"]
+    assert run_cli("run", SAMPLE_CSV, "-o", tmp_path / "a.csv", "--adapter", adapter, *common).exit_code == 0
+    assert run_cli("run", SAMPLE_CSV, "-o", tmp_path / "b.csv", "--adapter", "none", "--model", model, *common).exit_code == 0
+    env = {"ADPULSE_ADAPTER": "none", "ADPULSE_MODEL": str(model)}
+    assert run_cli("run", SAMPLE_CSV, "-o", tmp_path / "c.csv", *common, env=env).exit_code == 0
+    assert (tmp_path / "a.csv").read_bytes() != (tmp_path / "b.csv").read_bytes()
+    assert (tmp_path / "b.csv").read_bytes() == (tmp_path / "c.csv").read_bytes()
+
+
+def test_template_file_and_adapter_template(run_ads, run_cli, test_model, tmp_path):
+    template = tmp_path / "t.txt"
+    template.write_text("Product: {product}\nDetails: {description}\nAd:")
+    a = run_ads(SAMPLE_CSV, "-o", tmp_path / "a.csv", "--limit", 5, "--template", template)
+    b = run_ads(SAMPLE_CSV, "-o", tmp_path / "b.csv", "--limit", 5)
+    assert a.exit_code == b.exit_code == 0
+    assert (tmp_path / "a.csv").read_bytes() != (tmp_path / "b.csv").read_bytes()
+    # An adapter directory that carries the template is used with it, with no flag.
+    import shutil
+
+    own = tmp_path / "adapter"
+    shutil.copytree(test_model[1], own)
+    (own / "adpulse.json").write_text(json.dumps({"template": template.read_text()}))
+    c = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "c.csv", "--adapter", own, "--limit", 5, "--max-new-tokens", 12, "-q")
+    assert c.exit_code == 0
+    assert (tmp_path / "c.csv").read_bytes() == (tmp_path / "a.csv").read_bytes()
+
+
+def test_variants_get_their_own_columns(run_ads, tmp_path):
+    out = tmp_path / "out.csv"
+    result = run_ads(SAMPLE_CSV, "-o", out, "--limit", 4, "--num-variants", 3, "--temperature", 0.9, "--seed", 1)
+    assert result.exit_code == 0
+    header, rows = read_csv(out)
+    assert header[-4:] == ["ad_copy_1", "ad_copy_2", "ad_copy_3", "ad_status"]
+    assert any(len({r[-4], r[-3], r[-2]}) > 1 for r in rows)
+
+
+def test_max_chars(run_ads, tmp_path):
+    assert run_ads(SAMPLE_CSV, "-o", tmp_path / "out.csv", "--limit", 10, "--max-chars", 20).exit_code == 0
+    assert all(len(r[-2]) <= 20 for r in read_csv(tmp_path / "out.csv")[1])
+
+
+def test_description_column_none(run_ads, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["sku", "title"], [["1", "Mug"], ["2", ""]])
+    result = run_ads(source, "-o", tmp_path / "out.csv")
+    assert result.exit_code == 2
+    assert "no description column found" in result.stderr and "--description-column none" in result.stderr
+    assert run_ads(source, "-o", tmp_path / "out.csv", "--description-column", "none").exit_code == 0
+    rows = read_csv(tmp_path / "out.csv")[1]
+    assert [r[-1] for r in rows] == ["ok", "skipped: no product name or description"]
+
+
+def test_jsonl_round_trip(run_ads, tmp_path):
+    records = [{"id": 1, "name": "Mug", "desc": "Blue", "price": 9.5}, {"id": 2, "name": "Pen", "extra": [1, 2]}]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    assert run_ads(source, "-o", tmp_path / "out.jsonl").exit_code == 0
+    out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in o.items() if k not in ("ad_copy", "ad_status")} for o in out] == records
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--product-column", "nope"], "Error: --product-column 'nope' is not a column of the input; its columns are: 'sku'"),
+        (["--batch-size", "0"], "Error: --batch-size must be at least 1, not 0"),
+        (["--num-variants", "2"], "Error: --num-variants 2 needs --temperature above 0"),
+        (["--top-p", "0"], "Error: --top-p must be above 0 and at most 1, not 0.0"),
+        (["--max-prompt-tokens", "20"], "Error: --max-prompt-tokens 20 is less than the template alone needs"),
+        (["--device", "tpu"], "Error: Invalid value for '--device': 'tpu' is not one of 'auto', 'cpu', 'cuda'."),
+        (["-o", "out.txt"], "Error: output out.txt has the suffix '.txt'; use one of .csv, .parquet, .jsonl"),
+        (["--encoding", "klingon"], "Error: --encoding 'klingon' is not an encoding Python knows"),
+        (["--ad-column", "ad_status"], "Error: --ad-column and --status-column are both 'ad_status'"),
+    ],
+)
+def test_bad_invocations_are_one_line_and_exit_2(run_ads, tmp_path, args, message):
+    result = run_ads(SAMPLE_CSV, *args)
+    assert result.exit_code == 2
+    assert result.stderr.startswith(message)
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not list(SAMPLE_CSV.parent.glob("*.ads.*"))
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("in.csv", b"price,stock\n1,2\n", "Error: no product column found (looked for product, product_name, name, title); its columns are: 'price', 'stock'"),
+        ("in.csv", "name,description\nCrème,x\n".encode("cp1252"), "line 2 is not valid utf-8 (byte 0xe8); pass the file's encoding with --encoding"),
+        ("in.parquet", b"not parquet at all", "is not a valid Parquet file"),
+        ("in.csv", b"name,description,ad_copy\nMug,Blue,x\n", "the input already has a column named 'ad_copy'; choose another name with --ad-column"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_output(run_ads, tmp_path, name, content, message):
+    source = tmp_path / name
+    source.write_bytes(content)
+    result = run_ads(source, "-o", tmp_path / "out.csv")
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_output_over_input_is_refused(run_ads, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["name"], [["Mug"]])
+    before = source.read_bytes()
+    result = run_ads(source, "-o", source)
+    assert result.exit_code == 2 and "is the input file" in result.stderr
+    assert source.read_bytes() == before
+
+
+def test_missing_models_say_how_to_point_at_a_local_copy(run_cli, tmp_path):
+    result = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "out.csv", "--adapter", "none", "--model", tmp_path / "nowhere")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"Error: cannot find the base model {tmp_path / 'nowhere'}: no such directory; check --model"
+    # The default adapter is not in the (empty, offline) Hugging Face cache.
+    result = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "out.csv", env={"HF_HOME": str(tmp_path / "hf")})
+    assert result.exit_code == 2
+    line = result.stderr.strip()
+    assert line.startswith("Error: cannot load the adapter 'abhamidi-1234/AdPulse': it is not a local directory")
+    assert "(`hf download abhamidi-1234/AdPulse --local-dir DIR`) and pass --adapter DIR" in line
+    assert len(line.splitlines()) == 1
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_python_dash_m_works():
+    result = subprocess.run([sys.executable, "-m", "adpulse_batch", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "run" in result.stdout
