@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from adpulse_batch import __version__
 from adpulse_batch.catalog import (
@@ -146,7 +147,8 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary:
     try:
         parts = Parts(work_dir, settings.generation.num_variants)
         bar = tqdm(total=job.catalog.num_rows, unit="rows", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-        with bar:
+        # Log lines (model loading) print above the bar instead of through it.
+        with bar, logging_redirect_tqdm():
             identity, summary.prompts_generated = _generate(job, planner, parts, bar, device)
         summary.model = (identity or _identity_without_loading(settings)).as_dict()
         with CatalogWriter(job.output, job.catalog, [*settings.ad_columns, settings.status_column]) as writer:
