@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -20,6 +21,8 @@ class AdPulseGroup(click.Group):
     """A group whose errors, usage errors included, are one line on stderr."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        extra["obj"] = {"args": args}  # `run --num-processes` relaunches the same command line
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as error:
@@ -33,7 +36,9 @@ class AdPulseGroup(click.Group):
 
 
 def _fail(message: str, code: int):
-    click.echo(f"Error: {message}", err=True)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    worker = f"worker {os.environ.get('RANK', '?')} of {world}: " if world > 1 else ""
+    click.echo(f"Error: {worker}{message}", err=True)
     sys.exit(code)
 
 
@@ -117,9 +122,18 @@ def column_options(command):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampled ads (per row and variant, so reruns repeat).")
 @click.option("--max-chars", type=int, metavar="N", help="Cut each ad to at most N characters, at a word boundary.")
 @click.option("--report", type=click.Path(path_type=Path), metavar="PATH", help="Write a JSON report of the run here.")
+@click.option(
+    "--num-processes",
+    default="1",
+    show_default=True,
+    metavar="N|auto",
+    help="Worker processes (one per GPU), started through accelerate's launcher; auto: one per visible GPU.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no log lines, no summary.")
-def run(input, output, product_column, description_column, ad_column, status_column, encoding, limit, model_settings,
-        template, batch_size, max_new_tokens, max_prompt_tokens, num_variants, temperature, top_p, seed, max_chars, report, quiet):
+@click.pass_context
+def run(ctx, input, output, product_column, description_column, ad_column, status_column, encoding, limit, model_settings,
+        template, batch_size, max_new_tokens, max_prompt_tokens, num_variants, temperature, top_p, seed, max_chars, report,
+        num_processes, quiet):
     """Write an ad for every product of a catalog.
 
     INPUT is a .csv, .parquet or .jsonl catalog, or a directory of Parquet files. The output
@@ -157,11 +171,52 @@ def run(input, output, product_column, description_column, ad_column, status_col
         quiet=quiet,
     )
     _setup_logging(quiet)
+    processes = _worker_count(num_processes)
+    if processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        _launch(ctx.obj["args"], processes, settings)
     from adpulse_batch.run import run_catalog
 
     summary = run_catalog(settings, progress=not quiet and sys.stderr.isatty())
-    if not quiet:
+    if summary is not None and not quiet:
         click.echo(summary.line(), err=True)
+
+
+def _worker_count(value: str) -> int:
+    if value == "auto":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    if not value.isdigit() or int(value) < 1:
+        raise click.BadParameter(f"{value!r} is not a number of processes or 'auto'", param_hint="'--num-processes'")
+    return int(value)
+
+
+def _launch(args: list[str], processes: int, settings) -> None:
+    """Check the job once here, then run it in `processes` workers and exit with their code."""
+    from adpulse_batch.run import prepare, work_dir_for
+    from adpulse_batch.shard import WorkDir, launch_workers
+
+    job = prepare(settings)  # bad input or a missing model: one line now, not one per worker
+    code = launch_workers(_without_option(args, "--num-processes"), processes)
+    if code != 0:
+        failed = WorkDir(work_dir_for(job.output), 1).failures()
+        if not failed:
+            _fail(f"the workers exited with code {code}; no output was written", 1)
+        _fail(f"worker {failed[0]['rank']} of {processes} failed: {failed[0]['error']}; no output was written", failed[0]["exit_code"])
+    sys.exit(0)
+
+
+def _without_option(args: list[str], name: str) -> list[str]:
+    """`args` less `name VALUE` / `name=VALUE`."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == name:
+            skip = True
+        elif not arg.startswith(name + "="):
+            kept.append(arg)
+    return kept
 
 
 @cli.command("make-test-model")
@@ -187,7 +242,9 @@ def make_test_model(directory, adapter_dir, seed):
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="adpulse-batch: %(message)s", stream=sys.stderr)
+    # Of several worker processes, only the main one tells the story; all report errors.
+    chatty = not quiet and os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if chatty else logging.WARNING, format="adpulse-batch: %(message)s", stream=sys.stderr)
     # The libraries' own chatter (weight-loading bars, retries, deprecation notices) is not
     # ours to show: a failure reaches the user as our one-line error. Their loggers are set
     # up when they are imported, so import them first.

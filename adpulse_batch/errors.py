@@ -20,3 +20,9 @@ class ModelNotFoundError(AdPulseError):
 
 class SettingsError(AdPulseError):
     """An option has a value that cannot work, alone or with another option."""
+
+
+class WorkerError(AdPulseError):
+    """A worker process of a multi-process run failed; no output was written."""
+
+    exit_code = 1

@@ -35,7 +35,7 @@ from adpulse_batch.errors import InputError, SettingsError
 from adpulse_batch.model import ModelIdentity, base_model_name, load_model, load_template, load_tokenizer, resolve_device, resolve_dtype
 from adpulse_batch.plan import OK, SKIPPED, TRUNCATED, Planner
 from adpulse_batch.settings import NO_COLUMN, RunSettings
-from adpulse_batch.shard import Parts, Results, assemble, share
+from adpulse_batch.shard import Results, WorkDir, Workers, assemble, current_workers, share
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class RunSummary:
     generation: dict = field(default_factory=dict)
     batch_size: int = 0
     max_prompt_tokens: int = 0
+    workers: list[dict] = field(default_factory=list)  # per worker: rows, prompts, new tokens, seconds
     version: str = __version__
 
     @property
@@ -83,17 +84,17 @@ class RunSummary:
 
 @dataclass
 class Job:
-    """A run whose invocation has been checked: every path and column is known."""
+    """A run whose invocation has been checked: paths, columns, template and tokenizer."""
 
     settings: RunSettings
     catalog: Catalog
     output: Path
-    product_column: str
-    description_column: str | None
+    planner: Planner
 
 
 def prepare(settings: RunSettings) -> Job:
-    """Check the input, columns and output before any model is loaded."""
+    """Check everything that can be checked before a model is loaded: input, columns,
+    output, template, tokenizer (which also finds the model and adapter)."""
     output = settings.output or default_output_path(settings.input)
     output_format = catalog_format(output, role="output")
     if output.resolve() == settings.input.resolve():
@@ -118,90 +119,150 @@ def prepare(settings: RunSettings) -> Job:
         if name in catalog.columns:
             flag = "--status-column" if name == settings.status_column else "--ad-column"
             raise InputError(f"the input already has a column named {name!r}; choose another name with {flag}")
-    return Job(settings, catalog, output, product, description)
-
-
-def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary:
-    """Run the whole job; returns the summary (and writes the report when asked)."""
-    started = time.monotonic()
-    job = prepare(settings)
     template = load_template(settings.model, settings.template)
     tokenizer = load_tokenizer(settings.model)
-    planner = Planner(template, tokenizer, job.product_column, job.description_column, settings.max_prompt_tokens)
+    planner = Planner(template, tokenizer, product, description, settings.max_prompt_tokens)
     planner.check()
-    device = resolve_device(settings.model.device)
+    return Job(settings, catalog, output, planner)
+
+
+def work_dir_for(output: Path) -> Path:
+    """The work directory of a run: hidden, beside the output (same file system, so parts
+    can be renamed into place and multi-machine runs share it with the output)."""
+    return output.with_name(f".{output.name}.adpulse-work")
+
+
+def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary | None:
+    """Run the job; returns the summary (and writes the report when asked).
+
+    Launched as several worker processes (`accelerate launch`), each process generates its
+    share of the rows and the main one assembles the output once all are done; the others
+    return None.
+    """
+    started = time.monotonic()
+    job = prepare(settings)
+    workers = current_workers(cpu=resolve_device(settings.model.device).type == "cpu")
+    device = resolve_device(settings.model.device, index=workers.local_rank if workers.world > 1 else None)
+    work = WorkDir(work_dir_for(job.output), settings.generation.num_variants)
+    if workers.is_main:
+        shutil.rmtree(work.path, ignore_errors=True)
+        work.path.mkdir(parents=True)
+    workers.barrier()  # nobody writes parts before the work directory is ready
+
+    # One progress bar, in the main process, counting every worker's rows. Log lines
+    # (model loading) print above it instead of through it.
+    bar = tqdm(total=job.catalog.num_rows, unit="rows", file=sys.stderr, disable=not (progress and workers.is_main), dynamic_ncols=True)
+    with bar, logging_redirect_tqdm():
+        worker = Worker(job, work, workers, device, bar)
+        try:
+            worker.run()
+        except BaseException as error:
+            work.mark_failed(workers.rank, error)
+            raise
+        work.mark_done(workers.rank, worker.stats(started))
+        if not workers.is_main:
+            return None
+        stats = work.wait_for(workers, on_wait=worker.show_progress)
+        worker.show_progress(force=True)
+
+    with CatalogWriter(job.output, job.catalog, [*settings.ad_columns, settings.status_column]) as writer:
+        counts = assemble(job.catalog, work, writer, settings.ad_columns, settings.status_column)
+    shutil.rmtree(work.path, ignore_errors=True)
     summary = RunSummary(
         input=str(settings.input),
         output=str(job.output),
         rows_total=job.catalog.num_rows,
-        device=str(device),
-        dtype=str(resolve_dtype(settings.model.dtype, device)).removeprefix("torch."),
-        template=template.text,
+        prompts_generated=sum(s["prompts"] for s in stats),
+        seconds=time.monotonic() - started,
+        model=next((s["model"] for s in stats if s["model"]), _identity_without_loading(settings).as_dict()),
+        device=str(device) if workers.world == 1 else f"{workers.world} workers",
+        dtype=str(resolve_dtype(settings.model.dtype, resolve_device(settings.model.device))).removeprefix("torch."),
+        template=job.planner.template.text,
         generation=asdict(settings.generation),
         batch_size=settings.batch_size,
         max_prompt_tokens=settings.max_prompt_tokens,
+        workers=stats,
+        **counts,
     )
-    work_dir = job.output.with_name(f".{job.output.name}.adpulse-work")
-    shutil.rmtree(work_dir, ignore_errors=True)
-    work_dir.mkdir(parents=True)
-    try:
-        parts = Parts(work_dir, settings.generation.num_variants)
-        bar = tqdm(total=job.catalog.num_rows, unit="rows", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-        # Log lines (model loading) print above the bar instead of through it.
-        with bar, logging_redirect_tqdm():
-            identity, summary.prompts_generated = _generate(job, planner, parts, bar, device)
-        summary.model = (identity or _identity_without_loading(settings)).as_dict()
-        with CatalogWriter(job.output, job.catalog, [*settings.ad_columns, settings.status_column]) as writer:
-            counts = assemble(job.catalog, parts, writer, settings.ad_columns, settings.status_column)
-    finally:
-        shutil.rmtree(work_dir, ignore_errors=True)
-    for name, value in counts.items():
-        setattr(summary, name, value)
-    summary.seconds = time.monotonic() - started
     if settings.report is not None:
         settings.report.parent.mkdir(parents=True, exist_ok=True)
         settings.report.write_text(json.dumps(summary.report(), indent=2) + "\n", encoding="utf-8")
     return summary
 
 
-def _generate(job: Job, planner: Planner, parts: Parts, bar: tqdm, device) -> tuple[ModelIdentity | None, int]:
-    """Generate every row's ads into part files; the model is loaded at the first prompt.
-    Returns the model's identity (None when no row needed it) and the prompts generated."""
-    settings = job.settings
-    generator = None
-    prompts_generated = 0
-    for chunk in job.catalog.chunks():
-        plan = planner.plan(chunk)
-        prompts, skipped = share(plan, rank=0, world=1)
-        results = Results()
-        for row, reason in skipped.items():
-            results.add(row, SKIPPED.format(reason), 0, [""] * settings.generation.num_variants)
-        bar.update(len(skipped))
-        if prompts:
-            if generator is None:
-                generator = _load_generator(settings, planner, device)
-            generations = generator.generate(
-                [p.prompt for p in prompts],
-                batch_size=settings.batch_size,
-                on_batch=lambda finished: bar.update(sum(len(prompts[i].rows) for i in finished)),
-            )
-            prompts_generated += len(prompts)
-            for planned, variants in zip(prompts, generations):
-                status = TRUNCATED if planned.prompt.truncated else OK
-                ads = [g.text for g in variants]
-                for n, row in enumerate(planned.rows):
-                    # Rows sharing a prompt share one generation: its tokens count once.
-                    results.add(row, status, sum(g.new_tokens for g in variants) if n == 0 else 0, ads)
-        if results.rows:
-            parts.write(chunk.start, results, tag="w0")
-    return (generator.identity if generator is not None else None), prompts_generated
+class Worker:
+    """One process's share of a run: plans every chunk, generates the prompts dealt to it,
+    commits the results as part files. The model is loaded at the first prompt, so a share
+    with nothing to generate costs no model load."""
 
+    def __init__(self, job: Job, work: WorkDir, workers: Workers, device, bar: tqdm):
+        self.job, self.planner, self.work, self.workers, self.device, self.bar = job, job.planner, work, workers, device, bar
+        self.generator = None
+        self.rows = 0  # rows of this worker's share done
+        self.prompts = 0
+        self.new_tokens = 0
+        self._shown = 0.0
 
-def _load_generator(settings: RunSettings, planner: Planner, device):
-    from adpulse_batch.generate import Generator
+    def run(self) -> None:
+        settings = self.job.settings
+        variants = settings.generation.num_variants
+        for chunk in self.job.catalog.chunks():
+            prompts, skipped = share(self.planner.plan(chunk), self.workers, new_tokens=settings.generation.max_new_tokens)
+            results = Results()
+            for row, reason in skipped.items():
+                results.add(row, SKIPPED.format(reason), 0, [""] * variants)
+            self._advance(len(skipped))
+            if prompts:
+                generations = self._generator().generate(
+                    [p.prompt for p in prompts],
+                    batch_size=settings.batch_size,
+                    on_batch=lambda finished: self._advance(sum(len(prompts[i].rows) for i in finished)),
+                )
+                self.prompts += len(prompts)
+                for planned, ads in zip(prompts, generations):
+                    status = TRUNCATED if planned.prompt.truncated else OK
+                    tokens = sum(g.new_tokens for g in ads)
+                    self.new_tokens += tokens
+                    for n, row in enumerate(planned.rows):
+                        # Rows sharing a prompt share one generation: its tokens count once.
+                        results.add(row, status, tokens if n == 0 else 0, [g.text for g in ads])
+            if results.rows:
+                self.work.write(chunk.start, results, rank=self.workers.rank)
 
-    loaded = load_model(settings.model, device=device, tokenizer=planner.tokenizer)
-    return Generator(loaded, planner.template, settings.generation)
+    def stats(self, started: float) -> dict:
+        """What this worker did, for the main process's report."""
+        identity = self.generator.identity.as_dict() if self.generator is not None else None
+        return {
+            "rank": self.workers.rank,
+            "device": str(self.device),
+            "rows": self.rows,
+            "prompts": self.prompts,
+            "new_tokens": self.new_tokens,
+            "seconds": round(time.monotonic() - started, 3),
+            "model": identity,
+        }
+
+    def show_progress(self, force: bool = False) -> None:
+        """Move the bar to this worker's rows plus the rows other workers have committed."""
+        if self.bar.disable or not (force or time.monotonic() - self._shown > 1.0):
+            return
+        others = self.work.committed_rows(other_than=self.workers.rank) if self.workers.world > 1 else 0
+        self.bar.n = self.rows + others
+        self.bar.refresh()
+        self._shown = time.monotonic()
+
+    def _advance(self, rows: int) -> None:
+        self.rows += rows
+        self.show_progress()
+
+    def _generator(self):
+        if self.generator is None:
+            from adpulse_batch.generate import Generator
+
+            settings = self.job.settings
+            loaded = load_model(settings.model, device=self.device, tokenizer=self.planner.tokenizer)
+            self.generator = Generator(loaded, self.planner.template, settings.generation)
+        return self.generator
 
 
 def _identity_without_loading(settings: RunSettings) -> ModelIdentity:

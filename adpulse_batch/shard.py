@@ -8,7 +8,12 @@ by row id, and a row that is missing or doubled there is an error, not a silent 
 from __future__ import annotations
 
 import heapq
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -19,26 +24,58 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from adpulse_batch.catalog import Catalog, CatalogWriter
+from adpulse_batch.errors import AdPulseError, WorkerError
 from adpulse_batch.plan import OK, TRUNCATED, ChunkPlan, PlannedPrompt
 
 
-def share(plan: ChunkPlan, rank: int, world: int) -> tuple[list[PlannedPrompt], dict[int, str]]:
+@dataclass(frozen=True)
+class Workers:
+    """This process's place among the run's worker processes (one, unless launched)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            from accelerate import PartialState
+
+            PartialState().wait_for_everyone()
+
+
+def current_workers(*, cpu: bool) -> Workers:
+    """Workers as `accelerate launch` (torchrun underneath) set them up; one when not launched."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Workers()
+    from accelerate import PartialState
+
+    state = PartialState(cpu=cpu)  # cpu: gloo between CPU processes instead of NCCL
+    return Workers(state.process_index, state.num_processes, state.local_process_index)
+
+
+def share(plan: ChunkPlan, workers: Workers, *, new_tokens: int) -> tuple[list[PlannedPrompt], dict[int, str]]:
     """This worker's prompts and skipped rows of a chunk.
 
-    Prompts are dealt longest first to the worker with the fewest prompt tokens so far, so
-    workers finish a chunk together. Every worker computes the same deal from the same plan.
+    A prompt costs its tokens plus the tokens generated after it. Prompts are dealt costliest
+    first to the worker with the least cost so far, so workers finish a chunk together. Every
+    worker computes the same deal from the same plan: no messages are needed.
     """
-    if world == 1:
+    if workers.world == 1:
         return plan.prompts, plan.skipped
-    order = sorted(range(len(plan.prompts)), key=lambda i: (-len(plan.prompts[i].prompt.ids), i))
-    loads = [(0, worker) for worker in range(world)]
+    cost = [len(p.prompt.ids) + new_tokens for p in plan.prompts]
+    order = sorted(range(len(plan.prompts)), key=lambda i: (-cost[i], i))
+    loads = [(0, worker) for worker in range(workers.world)]
     mine = []
     for i in order:
         load, worker = heapq.heappop(loads)
-        if worker == rank:
+        if worker == workers.rank:
             mine.append(i)
-        heapq.heappush(loads, (load + len(plan.prompts[i].prompt.ids), worker))
-    skipped = {row: why for row, why in plan.skipped.items() if row % world == rank}
+        heapq.heappush(loads, (load + cost[i], worker))
+    skipped = {row: why for row, why in plan.skipped.items() if row % workers.world == workers.rank}
     return [plan.prompts[i] for i in sorted(mine)], skipped
 
 
@@ -58,22 +95,24 @@ class Results:
         self.ads.append(ads)
 
 
-class Parts:
-    """Result part files in a work directory: row_id, status, new_tokens, ad_1..ad_K."""
+class WorkDir:
+    """A run's work directory: result part files (row_id, status, new_tokens, ad_1..ad_K)
+    and each worker's done or failed marker. Every worker writes only its own files."""
 
-    def __init__(self, work_dir: Path, num_variants: int):
-        self.work_dir = Path(work_dir)
+    def __init__(self, path: Path, num_variants: int):
+        self.path = Path(path)
         self.ad_names = [f"ad_{k}" for k in range(1, num_variants + 1)]
         self.schema = pa.schema(
             [("row_id", pa.int64()), ("status", pa.string()), ("new_tokens", pa.int32())]
             + [(name, pa.string()) for name in self.ad_names]
         )
 
-    def write(self, chunk_start: int, results: Results, *, tag: str) -> Path:
+    def write(self, chunk_start: int, results: Results, *, rank: int) -> Path:
         """Commit results durably: written, flushed to disk, then renamed into place."""
         columns = [results.rows, results.status, results.new_tokens, *zip(*results.ads)]
         table = pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema)
-        path = self.work_dir / f"part-{chunk_start:012d}-{tag}-{uuid.uuid4().hex[:8]}.parquet"
+        name = f"part-{chunk_start:012d}-w{rank:04d}-n{len(results.rows)}-{uuid.uuid4().hex[:8]}.parquet"
+        path = self.path / name
         temp = path.with_suffix(".tmp")
         pq.write_table(table, temp)
         with open(temp, "rb") as handle:
@@ -81,11 +120,23 @@ class Parts:
         os.replace(temp, path)
         return path
 
+    def parts(self) -> list[Path]:
+        return sorted(self.path.glob("part-*.parquet"))
+
     def by_chunk(self) -> dict[int, list[Path]]:
         found = defaultdict(list)
-        for path in sorted(self.work_dir.glob("part-*.parquet")):
+        for path in self.parts():
             found[int(path.name.split("-")[1])].append(path)
         return found
+
+    def committed_rows(self, *, other_than: int) -> int:
+        """Rows that workers other than `other_than` have committed (for the progress bar)."""
+        count = 0
+        for path in self.parts():
+            _, _, worker, rows, _ = path.name.split("-")
+            if int(worker[1:]) != other_than:
+                count += int(rows[1:])
+        return count
 
     def read_chunk(self, paths: list[Path], start: int, num_rows: int) -> pa.Table:
         """The results of rows start..start+num_rows-1, in row order; each row exactly once."""
@@ -98,13 +149,67 @@ class Parts:
             missing = [r for r in range(start, start + num_rows) if r not in have]
             doubled = len(rows) - len(have)
             raise RuntimeError(
-                f"results for rows {start}..{start + num_rows - 1} are incomplete in {self.work_dir}: "
+                f"results for rows {start}..{start + num_rows - 1} are incomplete in {self.path}: "
                 f"{len(missing)} missing (first {missing[:5]}), {doubled} doubled"
             )
         return table
 
+    def mark_done(self, rank: int, stats: dict) -> None:
+        _write_json(self.path / f"done-w{rank:04d}.json", stats)
 
-def assemble(catalog: Catalog, parts: Parts, writer: CatalogWriter, ad_columns: list[str], status_column: str) -> dict[str, int]:
+    def mark_failed(self, rank: int, error: BaseException) -> None:
+        """Leave word of why this worker stopped: the launcher only sees an exit code."""
+        user_error = isinstance(error, AdPulseError)
+        message = str(error) if user_error else f"{type(error).__name__}: {error}"
+        exit_code = error.exit_code if user_error else 130 if isinstance(error, KeyboardInterrupt) else 1
+        _write_json(self.path / f"failed-w{rank:04d}.json", {"rank": rank, "error": message, "exit_code": exit_code})
+
+    def failures(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.path.glob("failed-w*.json"))]
+
+    def wait_for(self, workers: Workers, *, on_wait=None, interval: float = 0.5) -> list[dict]:
+        """Block until every worker is done (their stats, by rank) or one has failed (raise)."""
+        while True:
+            failed = self.failures()
+            if failed:
+                raise WorkerError(
+                    f"worker {failed[0]['rank']} of {workers.world} failed: {failed[0]['error']}; "
+                    f"no output was written, and the finished parts stay in {self.path}"
+                )
+            done = sorted(self.path.glob("done-w*.json"))
+            if len(done) == workers.world:
+                return [json.loads(p.read_text()) for p in done]
+            if on_wait is not None:
+                on_wait()
+            time.sleep(interval)
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(data))
+    os.replace(temp, path)
+
+
+def launch_workers(args: list[str], num_processes: int) -> int:
+    """Run `adpulse-batch ARGS` in `num_processes` worker processes through accelerate's
+    launcher (torchrun underneath); returns the launcher's exit code."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "adpulse_batch", *args,
+    ]  # fmt: skip
+    return subprocess.run(command).returncode
+
+
+def _free_port() -> int:
+    # Two runs on one machine must not both take accelerate's default port.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def assemble(catalog: Catalog, parts: WorkDir, writer: CatalogWriter, ad_columns: list[str], status_column: str) -> dict[str, int]:
     """Write the output: each input chunk with its results joined by row id. Returns counts."""
     counts = {"rows_generated": 0, "rows_skipped": 0, "rows_truncated": 0, "new_tokens": 0}
     found = parts.by_chunk()
