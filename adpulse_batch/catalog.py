@@ -479,8 +479,10 @@ class CatalogWriter:
     def _write_csv(self, table: pa.Table) -> None:
         if self._file is None:
             # The csv module quotes only the cells that need it, as the input most likely did.
+            # Lines end in CRLF (RFC 4180): with "\n" alone, a cell holding a lone "\r" would
+            # go out unquoted and come back split.
             self._file = open(self.temp_path, "w", encoding="utf-8", newline="")
-            self._csv = csv.writer(self._file, lineterminator="\n")
+            self._csv = csv.writer(self._file, lineterminator="\r\n")
             self._csv.writerow(table.column_names)
         columns = [_csv_cells(column) for column in table.columns]
         self._csv.writerows(zip(*columns))
@@ -491,6 +493,15 @@ class CatalogWriter:
         for offset, record in enumerate(records):
             row = {**record, **{name: values[offset] for name, values in new_values.items()}}
             self._file.write(json.dumps(row, ensure_ascii=False, default=_json_value) + "\n")
+
+
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(text: str) -> str:
+    """Generated text that a spreadsheet shows as text: a formula-like start gets a quote."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def check_writable(catalog: Catalog, output_format: str) -> None:

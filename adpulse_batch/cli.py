@@ -4,6 +4,7 @@ its errors into one line on stderr with an exit code. No torch import here: --he
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import sys
@@ -15,6 +16,8 @@ import click
 from adpulse_batch import __version__
 from adpulse_batch.errors import AdPulseError
 from adpulse_batch.settings import DEFAULT_ADAPTER, DEVICES, DTYPES
+
+log = logging.getLogger("adpulse_batch")
 
 
 class AdPulseGroup(click.Group):
@@ -35,10 +38,16 @@ class AdPulseGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+_log_format = "text"  # set by --log-format: errors follow it too
+
+
 def _fail(message: str, code: int):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     worker = f"worker {os.environ.get('RANK', '?')} of {world}: " if world > 1 else ""
-    click.echo(f"Error: {worker}{message}", err=True)
+    if _log_format == "json":
+        click.echo(json.dumps({"level": "error", "message": f"{worker}{message}", "exit_code": code}, ensure_ascii=False), err=True)
+    else:
+        click.echo(f"Error: {worker}{message}", err=True)
     sys.exit(code)
 
 
@@ -103,8 +112,39 @@ def column_options(command):
     )(command)
 
 
+def load_job(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    """--job FILE: a TOML file of run options; flags on the command line override it.
+
+    Keys are option names (`batch_size` or `batch-size`); relative paths in it are relative
+    to the file, so a crontab line can run it from anywhere.
+    """
+    if value is None:
+        return
+    import tomllib
+
+    try:
+        options = tomllib.loads(value.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
+        raise click.BadParameter(f"{value} is not a readable TOML file ({error})", param_hint="'--job'") from None
+    names = {p.name for p in ctx.command.params if p.name != "job" and p.expose_value}
+    defaults = {}
+    for key, setting in options.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise click.BadParameter(f"{value}: {key!r} is not a run option (see adpulse-batch run --help)", param_hint="'--job'")
+        if name in JOB_PATHS or (name in ("model", "adapter") and (value.parent / str(setting)).exists()):
+            setting = os.path.abspath(value.parent / str(setting))
+        defaults[name] = setting
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+JOB_PATHS = {"input", "output", "template", "report", "work_dir", "cache"}
+
+
 @cli.command()
-@click.argument("input", type=click.Path(path_type=Path))
+@click.option("--job", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", is_eager=True, expose_value=False,
+              callback=load_job, help="Read run options from a TOML job file (flags given here override it).")
+@click.argument("input", type=click.Path(path_type=Path), required=False)
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (.csv, .parquet or .jsonl). Default: <stem>.ads.<suffix> beside the input.")
 @column_options
 @click.option("--ad-column", default="ad_copy", show_default=True, help="Name of the new ad column (<name>_1..<name>_K with --num-variants K).")
@@ -121,6 +161,11 @@ def column_options(command):
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling threshold.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampled ads (per row and variant, so reruns repeat).")
 @click.option("--max-chars", type=int, metavar="N", help="Cut each ad to at most N characters, at a word boundary.")
+@click.option("--cache", type=click.Path(path_type=Path, dir_okay=False), metavar="PATH", help="The ad cache file. Default: ~/.cache/adpulse-batch/ads.sqlite.")
+@click.option("--no-cache", is_flag=True, help="Neither look ads up in the cache nor store them there.")
+@click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR", help="Where results are committed as they come, for a rerun to resume. Default: .<output>.adpulse-work beside the output.")
+@click.option("--keep-work", is_flag=True, help="Keep the work directory after a successful run.")
+@click.option("--no-csv-safe", is_flag=True, help="Write ads to CSV as they are, even when they start like a spreadsheet formula.")
 @click.option("--report", type=click.Path(path_type=Path), metavar="PATH", help="Write a JSON report of the run here.")
 @click.option(
     "--num-processes",
@@ -129,23 +174,32 @@ def column_options(command):
     metavar="N|auto",
     help="Worker processes (one per GPU), started through accelerate's launcher; auto: one per visible GPU.",
 )
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True, envvar="ADPULSE_LOG_FORMAT",
+              help="json: log lines, errors and the summary as JSON objects, one per line (for log shippers). Env: ADPULSE_LOG_FORMAT.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no log lines, no summary.")
 @click.pass_context
 def run(ctx, input, output, product_column, description_column, ad_column, status_column, encoding, limit, model_settings,
-        template, batch_size, max_new_tokens, max_prompt_tokens, num_variants, temperature, top_p, seed, max_chars, report,
-        num_processes, quiet):
+        template, batch_size, max_new_tokens, max_prompt_tokens, num_variants, temperature, top_p, seed, max_chars,
+        cache, no_cache, work_dir, keep_work, no_csv_safe, report, num_processes, log_format, quiet):
     """Write an ad for every product of a catalog.
 
     INPUT is a .csv, .parquet or .jsonl catalog, or a directory of Parquet files. The output
     has every input row once, in order, unchanged, plus the ad and status columns.
+    Exit codes: 0 done, 2 bad input or usage, 3 another run is writing the output, 1 anything else.
 
     \b
     Examples:
         adpulse-batch run catalog.parquet
         adpulse-batch run catalog.csv -o ads.csv --adapter adapters/mine --limit 20
+        adpulse-batch run --job jobs/nightly.toml
     """
     from adpulse_batch.settings import GenerationSettings, RunSettings
 
+    _setup_logging(quiet, log_format)
+    if input is None:
+        raise click.UsageError("Missing argument 'INPUT' (give it, or `input` in a --job file).", ctx=ctx)
+    if no_cache and cache is not None:
+        raise click.UsageError("Use just one of --cache and --no-cache.", ctx=ctx)
     settings = RunSettings(
         input=input,
         output=output,
@@ -169,16 +223,20 @@ def run(ctx, input, output, product_column, description_column, ad_column, statu
         max_prompt_tokens=max_prompt_tokens,
         report=report,
         quiet=quiet,
+        work_dir=work_dir,
+        keep_work=keep_work,
+        cache=cache,
+        use_cache=not no_cache,
+        csv_safe=not no_csv_safe,
     )
-    _setup_logging(quiet)
     processes = _worker_count(num_processes)
     if processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         _launch(ctx.obj["args"], processes, settings)
     from adpulse_batch.run import run_catalog
 
-    summary = run_catalog(settings, progress=not quiet and sys.stderr.isatty())
+    summary = run_catalog(settings, progress=not quiet and log_format == "text" and sys.stderr.isatty())
     if summary is not None and not quiet:
-        click.echo(summary.line(), err=True)
+        log.info(summary.line(), extra={"summary": summary.counts()})
 
 
 def _worker_count(value: str) -> int:
@@ -193,13 +251,17 @@ def _worker_count(value: str) -> int:
 
 def _launch(args: list[str], processes: int, settings) -> None:
     """Check the job once here, then run it in `processes` workers and exit with their code."""
+    from adpulse_batch.lock import OutputLock
     from adpulse_batch.run import prepare, work_dir_for
-    from adpulse_batch.shard import WorkDir, launch_workers
+    from adpulse_batch.shard import launch_workers
+    from adpulse_batch.workdir import WorkDir
 
     job = prepare(settings)  # bad input or a missing model: one line now, not one per worker
+    with OutputLock(job.output):
+        pass  # another run holds it: exit 3 now (the main worker takes it for real)
     code = launch_workers(_without_option(args, "--num-processes"), processes)
     if code != 0:
-        failed = WorkDir(work_dir_for(job.output), 1).failures()
+        failed = WorkDir(work_dir_for(settings, job.output), 1).failures()
         if not failed:
             _fail(f"the workers exited with code {code}; no output was written", 1)
         _fail(f"worker {failed[0]['rank']} of {processes} failed: {failed[0]['error']}; no output was written", failed[0]["exit_code"])
@@ -241,10 +303,16 @@ def make_test_model(directory, adapter_dir, seed):
     click.echo(f"wrote a test model to {directory}" + (f" and an adapter to {adapter_dir}" if adapter_dir else ""), err=True)
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, log_format: str = "text") -> None:
+    global _log_format
+    _log_format = log_format
     # Of several worker processes, only the main one tells the story; all report errors.
     chatty = not quiet and os.environ.get("RANK", "0") == "0"
-    logging.basicConfig(level=logging.INFO if chatty else logging.WARNING, format="adpulse-batch: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter("adpulse-batch: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if chatty else logging.WARNING)
     # The libraries' own chatter (weight-loading bars, retries, deprecation notices) is not
     # ours to show: a failure reaches the user as our one-line error. Their loggers are set
     # up when they are imported, so import them first.
@@ -258,6 +326,19 @@ def _setup_logging(quiet: bool) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message (and the counts, for the summary)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        entry.update(getattr(record, "summary", {}))
+        return json.dumps(entry, ensure_ascii=False)
 
 
 def main():

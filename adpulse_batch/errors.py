@@ -26,3 +26,9 @@ class WorkerError(AdPulseError):
     """A worker process of a multi-process run failed; no output was written."""
 
     exit_code = 1
+
+
+class LockedError(AdPulseError):
+    """Another run holds the output's lock."""
+
+    exit_code = 3

@@ -37,7 +37,6 @@ class Generator:
 
     def __init__(self, loaded: LoadedModel, template: Template, settings: GenerationSettings):
         self.bloom = Bloom(loaded.model)
-        self.identity = loaded.identity
         self.tokenizer = loaded.tokenizer
         self.settings = settings
         self.eos_id = self.tokenizer.eos_token_id

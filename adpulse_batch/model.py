@@ -8,7 +8,9 @@ adapter is merged into the base weights: merged LoRA runs at the base model's sp
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,7 +27,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What wrote the ads: names as given plus the Hub revision when known."""
+    """What writes the ads: the names as given, and what pins their content — the Hub
+    commit of a Hub id, or `sha256:...` of a directory's files (None when unknown)."""
 
     model: str
     model_revision: str | None
@@ -40,9 +43,37 @@ class ModelIdentity:
 class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
-    identity: ModelIdentity
     device: torch.device
     dtype: torch.dtype
+
+
+def model_identity(settings: ModelSettings, *, digest: Callable[[Path], str]) -> ModelIdentity:
+    """The identity of the configured model and adapter, without loading them. `digest`
+    hashes a file (the ad cache remembers digests, so big models are hashed once)."""
+    base = base_model_name(settings)
+    adapter = settings.adapter
+    return ModelIdentity(
+        model=base,
+        model_revision=_revision(base, "config.json", digest),
+        adapter=adapter,
+        adapter_revision=_revision(adapter, "adapter_config.json", digest) if adapter is not None else None,
+    )
+
+
+def _revision(name: str, marker: str, digest: Callable[[Path], str]) -> str | None:
+    if is_local(name):
+        hasher = hashlib.sha256()
+        for path in sorted(Path(name).expanduser().iterdir()):
+            if path.is_file() and not path.name.startswith("."):
+                hasher.update(f"{path.name}\0{digest(path)}\0".encode())
+        return "sha256:" + hasher.hexdigest()
+    from huggingface_hub import hf_hub_download
+
+    try:  # the Hub cache keeps files under snapshots/<commit>/, also when offline
+        path = Path(hf_hub_download(name, marker))
+    except Exception:
+        return None
+    return path.parent.name if path.parent.parent.name == "snapshots" else None
 
 
 def resolve_device(name: str, index: int | None = None) -> torch.device:
@@ -117,18 +148,11 @@ def load_model(settings: ModelSettings, *, device: torch.device | None = None, t
         )
     log.info("loading %s (%s) on %s", base, str(dtype).removeprefix("torch."), device)
     model = _from_hub_or_dir(AutoModelForCausalLM.from_pretrained, base, "base model", dtype=dtype, device_map=str(device))
-    adapter_revision = None
     if settings.adapter is not None:
-        model, adapter_revision = _merge_adapter(model, settings.adapter, base)
+        model = _merge_adapter(model, settings.adapter, base)
     model.eval()
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings)
-    identity = ModelIdentity(
-        model=base,
-        model_revision=getattr(config, "_commit_hash", None) if not is_local(base) else None,
-        adapter=settings.adapter,
-        adapter_revision=adapter_revision,
-    )
-    return LoadedModel(model, tokenizer, identity, device, dtype)
+    return LoadedModel(model, tokenizer, device, dtype)
 
 
 def _merge_adapter(model, adapter: str, base: str):
@@ -145,8 +169,7 @@ def _merge_adapter(model, adapter: str, base: str):
             f"--adapter {adapter!r} does not fit the base model {base!r} ({str(error).splitlines()[0][:160]}); "
             "pass the base model it was trained on with --model"
         ) from None
-    revision = getattr(config, "revision", None)
-    return peft_model.merge_and_unload(), revision
+    return peft_model.merge_and_unload()
 
 
 @functools.lru_cache(maxsize=8)

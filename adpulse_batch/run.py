@@ -1,15 +1,15 @@
 """The `run` job: a catalog in, the same catalog with ad columns out.
 
 Three stages: check everything that can be checked before loading a model (input, columns,
-output, template); generate the ads chunk by chunk into part files in a work directory;
-assemble the output from the input and the parts, by row id, into a file renamed into place.
+output, template, tokenizer); generate the ads chunk by chunk into part files in a work
+directory (worker.py); assemble the output from the input and the parts, by row id, into a
+file renamed into place (workdir.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -31,13 +31,15 @@ from adpulse_batch.catalog import (
     missing_column_error,
     open_catalog,
 )
+from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_context
 from adpulse_batch.errors import InputError, SettingsError
-from adpulse_batch.model import ModelIdentity, base_model_name, load_model, load_template, load_tokenizer, resolve_device, resolve_dtype
-from adpulse_batch.plan import OK, SKIPPED, TRUNCATED, Planner
+from adpulse_batch.lock import OutputLock
+from adpulse_batch.model import load_template, load_tokenizer, model_identity, resolve_device, resolve_dtype
+from adpulse_batch.plan import Planner
 from adpulse_batch.settings import NO_COLUMN, RunSettings
-from adpulse_batch.shard import Results, WorkDir, Workers, assemble, current_workers, share
-
-log = logging.getLogger(__name__)
+from adpulse_batch.shard import current_workers
+from adpulse_batch.worker import Worker
+from adpulse_batch.workdir import WorkDir, assemble
 
 
 @dataclass
@@ -47,19 +49,24 @@ class RunSummary:
     input: str
     output: str
     rows_total: int = 0
-    rows_generated: int = 0
+    rows_generated: int = 0  # ads written by the model this run
+    rows_from_cache: int = 0  # ads found in the cache
+    rows_resumed: int = 0  # ads an interrupted run had committed
     rows_skipped: int = 0
     rows_truncated: int = 0
     prompts_generated: int = 0  # unique prompts sent to the model (identical rows share one)
     new_tokens: int = 0
     seconds: float = 0.0
     model: dict = field(default_factory=dict)
+    model_loaded: bool = False
     device: str = ""
     dtype: str = ""
     template: str = ""
     generation: dict = field(default_factory=dict)
     batch_size: int = 0
     max_prompt_tokens: int = 0
+    cache: str | None = None
+    work_dir: str = ""
     workers: list[dict] = field(default_factory=list)  # per worker: rows, prompts, new tokens, seconds
     version: str = __version__
 
@@ -73,10 +80,15 @@ class RunSummary:
 
     def line(self) -> str:
         return (
-            f"{self.rows_total} rows read, {self.rows_generated} generated, {self.rows_skipped} skipped, "
-            f"{self.rows_truncated} truncated in {self.seconds:.1f} s ({self.rows_per_s:.2f} rows/s, "
-            f"{self.new_tokens_per_s:.1f} new tokens/s) -> {self.output}"
+            f"{self.rows_total} rows read, {self.rows_generated} generated, {self.rows_from_cache} from cache, "
+            f"{self.rows_resumed} resumed, {self.rows_skipped} skipped, {self.rows_truncated} truncated "
+            f"in {self.seconds:.1f} s ({self.rows_per_s:.2f} rows/s, {self.new_tokens_per_s:.1f} new tokens/s) -> {self.output}"
         )
+
+    def counts(self) -> dict:
+        """The numbers of the summary line (for JSON logs)."""
+        names = ["rows_total", "rows_generated", "rows_from_cache", "rows_resumed", "rows_skipped", "rows_truncated", "new_tokens"]
+        return {**{n: getattr(self, n) for n in names}, "seconds": round(self.seconds, 3), "output": self.output}
 
     def report(self) -> dict:
         return {**asdict(self), "rows_per_s": self.rows_per_s, "new_tokens_per_s": self.new_tokens_per_s}
@@ -126,61 +138,75 @@ def prepare(settings: RunSettings) -> Job:
     return Job(settings, catalog, output, planner)
 
 
-def work_dir_for(output: Path) -> Path:
-    """The work directory of a run: hidden, beside the output (same file system, so parts
-    can be renamed into place and multi-machine runs share it with the output)."""
-    return output.with_name(f".{output.name}.adpulse-work")
+def work_dir_for(settings: RunSettings, output: Path) -> Path:
+    """`--work-dir`, else a hidden directory beside the output (same file system, so parts are
+    renamed into place, and shared by the machines of a multi-machine run)."""
+    return settings.work_dir or output.with_name(f".{output.name}.adpulse-work")
 
 
 def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary | None:
     """Run the job; returns the summary (and writes the report when asked).
 
-    Launched as several worker processes (`accelerate launch`), each process generates its
-    share of the rows and the main one assembles the output once all are done; the others
-    return None.
+    Results are committed to a work directory as they come; run again after a crash, the
+    same job resumes there. Launched as several worker processes (`accelerate launch`),
+    each generates its share and the main one assembles the output once all are done; the
+    others return None.
     """
     started = time.monotonic()
     job = prepare(settings)
     workers = current_workers(cpu=resolve_device(settings.model.device).type == "cpu")
     device = resolve_device(settings.model.device, index=workers.local_rank if workers.world > 1 else None)
-    work = WorkDir(work_dir_for(job.output), settings.generation.num_variants)
+    dtype = str(resolve_dtype(settings.model.dtype, device)).removeprefix("torch.")
+    cache = AdCache(settings.cache or default_cache_path()) if settings.use_cache else None
+    identity = model_identity(settings.model, digest=cache.file_digest if cache is not None else file_digest)
+    context = key_context(identity.as_dict(), dtype, asdict(settings.generation))
+    work = WorkDir(work_dir_for(settings, job.output), settings.generation.num_variants)
+    lock = OutputLock(job.output)
     if workers.is_main:
-        shutil.rmtree(work.path, ignore_errors=True)
-        work.path.mkdir(parents=True)
-    workers.barrier()  # nobody writes parts before the work directory is ready
-
-    # One progress bar, in the main process, counting every worker's rows. Log lines
-    # (model loading) print above it instead of through it.
-    bar = tqdm(total=job.catalog.num_rows, unit="rows", file=sys.stderr, disable=not (progress and workers.is_main), dynamic_ncols=True)
-    with bar, logging_redirect_tqdm():
-        worker = Worker(job, work, workers, device, bar)
-        try:
-            worker.run()
-        except BaseException as error:
-            work.mark_failed(workers.rank, error)
-            raise
-        work.mark_done(workers.rank, worker.stats(started))
-        if not workers.is_main:
-            return None
-        stats = work.wait_for(workers, on_wait=worker.show_progress)
-        worker.show_progress(force=True)
-
-    with CatalogWriter(job.output, job.catalog, [*settings.ad_columns, settings.status_column]) as writer:
-        counts = assemble(job.catalog, work, writer, settings.ad_columns, settings.status_column)
-    shutil.rmtree(work.path, ignore_errors=True)
+        lock.acquire()  # before touching the work directory, which a running job may own
+    try:
+        if workers.is_main:
+            work.open(_fingerprint(job, context, cache))
+        workers.barrier()  # nobody reads or writes parts before the work directory is ready
+        # One progress bar, in the main process, counting every worker's rows. Log lines
+        # (model loading) print above it instead of through it.
+        bar = tqdm(total=job.catalog.num_rows, unit="rows", file=sys.stderr, disable=not (progress and workers.is_main), dynamic_ncols=True)
+        with bar, logging_redirect_tqdm():
+            worker = Worker(job, work, workers, device, bar, cache=cache, key_context=context)
+            try:
+                worker.run()
+            except BaseException as error:
+                work.mark_failed(workers.rank, error)
+                raise
+            work.mark_done(workers.rank, worker.stats(started))
+            if not workers.is_main:
+                return None
+            stats = work.wait_for(workers.world, on_wait=worker.show_progress)
+            worker.show_progress(force=True)
+        with CatalogWriter(job.output, job.catalog, [*settings.ad_columns, settings.status_column]) as writer:
+            counts = assemble(job.catalog, work, writer, settings.ad_columns, settings.status_column, csv_safe_ads=settings.csv_safe)
+        if not settings.keep_work:
+            work.remove()
+    finally:
+        lock.release()
+        if cache is not None:
+            cache.close()
     summary = RunSummary(
         input=str(settings.input),
         output=str(job.output),
         rows_total=job.catalog.num_rows,
         prompts_generated=sum(s["prompts"] for s in stats),
         seconds=time.monotonic() - started,
-        model=next((s["model"] for s in stats if s["model"]), _identity_without_loading(settings).as_dict()),
+        model=identity.as_dict(),
+        model_loaded=any(s["model_loaded"] for s in stats),
         device=str(device) if workers.world == 1 else f"{workers.world} workers",
-        dtype=str(resolve_dtype(settings.model.dtype, resolve_device(settings.model.device))).removeprefix("torch."),
+        dtype=dtype,
         template=job.planner.template.text,
         generation=asdict(settings.generation),
         batch_size=settings.batch_size,
         max_prompt_tokens=settings.max_prompt_tokens,
+        cache=str(cache.path) if cache is not None else None,
+        work_dir=str(work.path),
         workers=stats,
         **counts,
     )
@@ -190,80 +216,17 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
     return summary
 
 
-class Worker:
-    """One process's share of a run: plans every chunk, generates the prompts dealt to it,
-    commits the results as part files. The model is loaded at the first prompt, so a share
-    with nothing to generate costs no model load."""
-
-    def __init__(self, job: Job, work: WorkDir, workers: Workers, device, bar: tqdm):
-        self.job, self.planner, self.work, self.workers, self.device, self.bar = job, job.planner, work, workers, device, bar
-        self.generator = None
-        self.rows = 0  # rows of this worker's share done
-        self.prompts = 0
-        self.new_tokens = 0
-        self._shown = 0.0
-
-    def run(self) -> None:
-        settings = self.job.settings
-        variants = settings.generation.num_variants
-        for chunk in self.job.catalog.chunks():
-            prompts, skipped = share(self.planner.plan(chunk), self.workers, new_tokens=settings.generation.max_new_tokens)
-            results = Results()
-            for row, reason in skipped.items():
-                results.add(row, SKIPPED.format(reason), 0, [""] * variants)
-            self._advance(len(skipped))
-            if prompts:
-                generations = self._generator().generate(
-                    [p.prompt for p in prompts],
-                    batch_size=settings.batch_size,
-                    on_batch=lambda finished: self._advance(sum(len(prompts[i].rows) for i in finished)),
-                )
-                self.prompts += len(prompts)
-                for planned, ads in zip(prompts, generations):
-                    status = TRUNCATED if planned.prompt.truncated else OK
-                    tokens = sum(g.new_tokens for g in ads)
-                    self.new_tokens += tokens
-                    for n, row in enumerate(planned.rows):
-                        # Rows sharing a prompt share one generation: its tokens count once.
-                        results.add(row, status, tokens if n == 0 else 0, [g.text for g in ads])
-            if results.rows:
-                self.work.write(chunk.start, results, rank=self.workers.rank)
-
-    def stats(self, started: float) -> dict:
-        """What this worker did, for the main process's report."""
-        identity = self.generator.identity.as_dict() if self.generator is not None else None
-        return {
-            "rank": self.workers.rank,
-            "device": str(self.device),
-            "rows": self.rows,
-            "prompts": self.prompts,
-            "new_tokens": self.new_tokens,
-            "seconds": round(time.monotonic() - started, 3),
-            "model": identity,
-        }
-
-    def show_progress(self, force: bool = False) -> None:
-        """Move the bar to this worker's rows plus the rows other workers have committed."""
-        if self.bar.disable or not (force or time.monotonic() - self._shown > 1.0):
-            return
-        others = self.work.committed_rows(other_than=self.workers.rank) if self.workers.world > 1 else 0
-        self.bar.n = self.rows + others
-        self.bar.refresh()
-        self._shown = time.monotonic()
-
-    def _advance(self, rows: int) -> None:
-        self.rows += rows
-        self.show_progress()
-
-    def _generator(self):
-        if self.generator is None:
-            from adpulse_batch.generate import Generator
-
-            settings = self.job.settings
-            loaded = load_model(settings.model, device=self.device, tokenizer=self.planner.tokenizer)
-            self.generator = Generator(loaded, self.planner.template, settings.generation)
-        return self.generator
-
-
-def _identity_without_loading(settings: RunSettings) -> ModelIdentity:
-    return ModelIdentity(base_model_name(settings.model), None, settings.model.adapter, None)
+def _fingerprint(job: Job, context: str, cache: AdCache | None) -> str:
+    """What the work directory's results depend on: work of another fingerprint is dropped."""
+    digest = cache.file_digest if cache is not None else file_digest
+    files = job.catalog.files or [job.catalog.path]
+    settings = job.settings
+    described = {
+        "input": [digest(f) for f in files],
+        "context": context,
+        "template": job.planner.template.text,
+        "columns": [job.planner.product_column, job.planner.description_column],
+        "max_prompt_tokens": settings.max_prompt_tokens,
+        "encoding": settings.encoding,
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()

@@ -116,11 +116,22 @@ class RunSettings:
     """Write a JSON report of the run here."""
     quiet: bool = False
     """No progress bar and no summary line."""
+    work_dir: Path | None = None
+    """Where results are committed as they come, for a rerun to resume. None: a hidden
+    `.<output name>.adpulse-work` directory beside the output."""
+    keep_work: bool = False
+    """Keep the work directory after a successful run."""
+    cache: Path | None = None
+    """The ad cache file. None: ~/.cache/adpulse-batch/ads.sqlite (XDG_CACHE_HOME)."""
+    use_cache: bool = True
+    """Look ads up in the cache before generating, and store new ones there."""
+    csv_safe: bool = True
+    """In CSV output, an ad starting like a spreadsheet formula gets a leading quote."""
 
     def __post_init__(self):
-        object.__setattr__(self, "input", Path(self.input))
-        if self.output is not None:
-            object.__setattr__(self, "output", Path(self.output))
+        for name in ("input", "output", "template", "report", "work_dir", "cache"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
         _at_least(self.batch_size, 1, "--batch-size")
         _at_least(self.max_prompt_tokens, 16, "--max-prompt-tokens")
         _at_least(self.limit, 0, "--limit")

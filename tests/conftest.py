@@ -23,6 +23,12 @@ SAMPLE_CSV = REPO / "sample_catalogs" / "catalog.csv"
 SAMPLE_PARQUET = REPO / "sample_catalogs" / "catalog.parquet"
 
 
+@pytest.fixture(autouse=True)
+def own_cache_dir(tmp_path, monkeypatch):
+    """Each test gets an empty ad cache (never the user's ~/.cache)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture(scope="session")
 def test_model(tmp_path_factory):
     """(model_dir, adapter_dir): a tiny random BLOOM, and a random LoRA adapter recording it as base."""

@@ -78,7 +78,7 @@ def test_summary_line_on_stderr(run_cli, test_model, tmp_path):
     result = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "out.csv", "--adapter", test_model[1], "--max-new-tokens", 4, "--limit", 5)
     assert result.exit_code == 0
     assert result.stdout == ""
-    assert "5 rows read, 5 generated, 0 skipped, 0 truncated in" in result.stderr.splitlines()[-1]
+    assert "5 rows read, 5 generated, 0 from cache, 0 resumed, 0 skipped, 0 truncated in" in result.stderr.splitlines()[-1]
 
 
 def test_adapter_changes_the_ads_and_none_runs_the_base(run_cli, test_model, tmp_path):

@@ -1,0 +1,66 @@
+"""One run per output: a second run aimed at the same output while one is writing it exits
+with the holder's pid and host instead of both writing."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from adpulse_batch.errors import LockedError
+
+
+class OutputLock:
+    """An advisory lock on a file beside the output, held while the run lasts.
+
+    The operating system drops the lock when its process dies, so a crashed run never
+    leaves a stale lock behind; the file's text only names the holder for the message.
+    """
+
+    def __init__(self, output: Path):
+        self.output = Path(output)
+        self.path = self.output.with_name(f".{self.output.name}.lock")
+        self._handle = None
+
+    def acquire(self) -> None:
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip()
+                handle.close()
+                raise LockedError(f"another run is writing {self.output} ({_describe(holder)}); wait for it to finish") from None
+            # A run that finished between our open and our lock removed the file: lock the new one.
+            if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+            handle.close()
+        handle.truncate(0)
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self.path.unlink(missing_ok=True)
+            self._handle.close()
+            self._handle = None
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _describe(holder: str) -> str:
+    try:
+        info = json.loads(holder)
+        return f"pid {info['pid']} on {info['host']}, started {info['started']}"
+    except (ValueError, KeyError, TypeError):
+        return "holder unknown"

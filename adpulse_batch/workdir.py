@@ -1,0 +1,224 @@
+"""The work directory of a run: results committed as they come, resumed after a crash, and
+assembled into the output by row id.
+
+Workers never hand rows back through padding and slicing: every result carries its row id
+and is committed (written, flushed, renamed) to a part file here. The output is assembled
+from the input and the parts by row id; a row missing or doubled there is an error, not a
+silent shift. A manifest records what the work belongs to (input, model, template, settings),
+so a run of the same job resumes it and any other run starts it over.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from adpulse_batch.catalog import Catalog, CatalogWriter, csv_safe
+from adpulse_batch.errors import AdPulseError, WorkerError
+from adpulse_batch.plan import TRUNCATED
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+RESUMED = "resumed.json"  # the parts found at the start: the same list for every worker
+
+# Where a row's ads came from this run.
+MODEL, CACHE, SKIP = "model", "cache", "skipped"
+
+
+@dataclass
+class Results:
+    """Results of some rows of one chunk, as they go into a part file."""
+
+    rows: list[int] = field(default_factory=list)
+    status: list[str] = field(default_factory=list)
+    source: list[str] = field(default_factory=list)
+    new_tokens: list[int] = field(default_factory=list)
+    ads: list[list[str]] = field(default_factory=list)  # per row, one ad per variant
+
+    def add(self, row: int, status: str, source: str, new_tokens: int, ads: list[str]) -> None:
+        self.rows.append(row)
+        self.status.append(status)
+        self.source.append(source)
+        self.new_tokens.append(new_tokens)
+        self.ads.append(ads)
+
+
+class WorkDir:
+    """Part files (row_id, status, source, new_tokens, ad_1..ad_K), the manifest, and each
+    worker's done or failed marker. Every worker writes only its own files."""
+
+    def __init__(self, path: Path, num_variants: int):
+        self.path = Path(path)
+        self.ad_names = [f"ad_{k}" for k in range(1, num_variants + 1)]
+        self.schema = pa.schema(
+            [("row_id", pa.int64()), ("status", pa.string()), ("source", pa.string()), ("new_tokens", pa.int32())]
+            + [(name, pa.string()) for name in self.ad_names]
+        )
+
+    # --- before the workers start (main process) ---
+
+    def open(self, fingerprint: str) -> int:
+        """Make the directory ready for a run of the job `fingerprint`; returns the rows
+        already done by an interrupted run of the same job, which are kept."""
+        manifest = self.path / MANIFEST
+        if self.path.exists():
+            same = manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == fingerprint
+            if not same:
+                log.info("%s holds work of another input, model or setting; starting over", self.path)
+                shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.path.glob("*.tmp"), *self.path.glob("done-w*.json"), *self.path.glob("failed-w*.json")]:
+            stale.unlink()
+        _write_json(manifest, {"fingerprint": fingerprint})
+        parts = [p.name for p in self.parts()]
+        _write_json(self.path / RESUMED, {"parts": parts})
+        rows = sum(_part_rows(name) for name in parts)
+        if rows:
+            log.info("resuming: %d rows are already done in %s", rows, self.path)
+        return rows
+
+    # --- in every worker ---
+
+    def resumed(self) -> dict[int, list[Path]]:
+        """The parts an interrupted run left, by chunk: the rows in them are not redone."""
+        found = defaultdict(list)
+        for name in json.loads((self.path / RESUMED).read_text())["parts"]:
+            found[_part_chunk(name)].append(self.path / name)
+        return found
+
+    def rows_in(self, paths: list[Path]) -> set[int]:
+        return {row for p in paths for row in pq.read_table(p, columns=["row_id"]).column("row_id").to_pylist()}
+
+    def write(self, chunk_start: int, results: Results, *, rank: int) -> Path:
+        """Commit results durably: written, flushed to disk, then renamed into place."""
+        columns = [results.rows, results.status, results.source, results.new_tokens, *zip(*results.ads)]
+        table = pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema)
+        path = self.path / f"part-{chunk_start:012d}-w{rank:04d}-n{len(results.rows)}-{uuid.uuid4().hex[:8]}.parquet"
+        temp = path.with_suffix(".tmp")
+        pq.write_table(table, temp)
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+        return path
+
+    def committed_rows(self, *, other_than: int) -> int:
+        """Rows committed by workers other than `other_than` this run (for the progress bar)."""
+        resumed = set(json.loads((self.path / RESUMED).read_text())["parts"])
+        return sum(_part_rows(p.name) for p in self.parts() if p.name not in resumed and _part_worker(p.name) != other_than)
+
+    def mark_done(self, rank: int, stats: dict) -> None:
+        _write_json(self.path / f"done-w{rank:04d}.json", stats)
+
+    def mark_failed(self, rank: int, error: BaseException) -> None:
+        """Leave word of why this worker stopped: the launcher only sees an exit code."""
+        user_error = isinstance(error, AdPulseError)
+        message = str(error) if user_error else f"{type(error).__name__}: {error}"
+        exit_code = error.exit_code if user_error else 130 if isinstance(error, KeyboardInterrupt) else 1
+        _write_json(self.path / f"failed-w{rank:04d}.json", {"rank": rank, "error": message, "exit_code": exit_code})
+
+    # --- after the workers (main process) ---
+
+    def failures(self) -> list[dict]:
+        return [json.loads(p.read_text()) for p in sorted(self.path.glob("failed-w*.json"))]
+
+    def wait_for(self, world: int, *, on_wait=None, interval: float = 0.5) -> list[dict]:
+        """Block until every worker is done (their stats, by rank) or one has failed (raise)."""
+        while True:
+            failed = self.failures()
+            if failed:
+                raise WorkerError(
+                    f"worker {failed[0]['rank']} of {world} failed: {failed[0]['error']}; "
+                    f"no output was written, and the finished parts stay in {self.path}"
+                )
+            done = sorted(self.path.glob("done-w*.json"))
+            if len(done) == world:
+                return [json.loads(p.read_text()) for p in done]
+            if on_wait is not None:
+                on_wait()
+            time.sleep(interval)
+
+    def parts(self) -> list[Path]:
+        return sorted(self.path.glob("part-*.parquet"))
+
+    def read_chunk(self, paths: list[Path], start: int, num_rows: int, *, resumed: set[str]) -> pa.Table:
+        """The results of rows start..start+num_rows-1 in row order, each row exactly once,
+        with a `resumed` column: whether the row came from an interrupted run's part."""
+        tables = [
+            pq.read_table(p, schema=self.schema).append_column("resumed", pa.repeat(p.name in resumed, pq.read_metadata(p).num_rows))
+            for p in paths
+        ]
+        table = pa.concat_tables(tables) if tables else self.schema.append(pa.field("resumed", pa.bool_())).empty_table()
+        table = table.sort_by("row_id")
+        rows = table.column("row_id").to_pylist()
+        if rows != list(range(start, start + num_rows)):
+            have = set(rows)
+            missing = [r for r in range(start, start + num_rows) if r not in have]
+            raise RuntimeError(
+                f"results for rows {start}..{start + num_rows - 1} are incomplete in {self.path}: "
+                f"{len(missing)} missing (first {missing[:5]}), {len(rows) - len(have)} doubled"
+            )
+        return table
+
+    def remove(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def assemble(catalog: Catalog, work: WorkDir, writer: CatalogWriter, ad_columns: list[str], status_column: str, *, csv_safe_ads: bool) -> dict[str, int]:
+    """Write the output: each input chunk with its results joined by row id. Returns counts."""
+    counts = dict.fromkeys(["rows_generated", "rows_from_cache", "rows_resumed", "rows_skipped", "rows_truncated", "new_tokens"], 0)
+    resumed = {p.name for paths in work.resumed().values() for p in paths}
+    by_chunk = defaultdict(list)
+    for path in work.parts():
+        by_chunk[_part_chunk(path.name)].append(path)
+    guard = csv_safe_ads and writer.format == "csv"
+    for chunk in catalog.chunks():
+        results = work.read_chunk(by_chunk.get(chunk.start, []), chunk.start, chunk.num_rows, resumed=resumed)
+        values = {}
+        for name, part in zip(ad_columns, work.ad_names):
+            ads = results.column(part).to_pylist()
+            values[name] = [csv_safe(ad) for ad in ads] if guard else ads
+        values[status_column] = results.column("status").to_pylist()
+        writer.write(chunk, values)
+        for status, source, tokens, was_resumed in zip(*(results.column(c).to_pylist() for c in ("status", "source", "new_tokens", "resumed"))):
+            if source == SKIP:
+                counts["rows_skipped"] += 1
+                continue
+            counts["rows_truncated"] += status == TRUNCATED
+            if was_resumed:
+                counts["rows_resumed"] += 1
+            else:
+                counts["rows_generated" if source == MODEL else "rows_from_cache"] += 1
+                counts["new_tokens"] += tokens
+    return counts
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(data))
+    os.replace(temp, path)
+
+
+# part-<chunk start>-w<worker>-n<rows>-<random>.parquet
+
+
+def _part_chunk(name: str) -> int:
+    return int(name.split("-")[1])
+
+
+def _part_worker(name: str) -> int:
+    return int(name.split("-")[2][1:])
+
+
+def _part_rows(name: str) -> int:
+    return int(name.split("-")[3][1:])

@@ -1,0 +1,194 @@
+"""Nightly-job reliability: resume after a kill, cache across runs, one writer per output,
+CSV formula safety, job files, JSON logs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+
+from adpulse_batch.cli import cli
+from adpulse_batch.generate import Generation, Generator
+from adpulse_batch.lock import OutputLock
+from conftest import REPO, SAMPLE_CSV, read_csv, write_csv
+
+
+def catalog(path, rows=63):
+    """The sample catalog's rows, each product made distinct (no two rows share a prompt);
+    63 rows hold one row with nothing to advertise (row 61)."""
+    header, body = read_csv(SAMPLE_CSV)
+    made = []
+    for i in range(rows):
+        row = list(body[i % len(body)])
+        row[0], row[1] = f"{i:06d}", f"{row[1]} {i}" if row[1] else ""
+        made.append(row)
+    return write_csv(path, header, made)
+
+
+def report(path):
+    return json.loads(path.read_text())
+
+
+def test_rerun_of_an_unchanged_catalog_comes_from_the_cache(run_ads, tmp_path):
+    source = catalog(tmp_path / "in.csv")
+    first = run_ads(source, "-o", tmp_path / "a.csv", "--report", tmp_path / "r1.json")
+    second = run_ads(source, "-o", tmp_path / "b.csv", "--report", tmp_path / "r2.json")
+    assert first.exit_code == second.exit_code == 0
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    r1, r2 = report(tmp_path / "r1.json"), report(tmp_path / "r2.json")
+    assert r1["rows_generated"] == 62 and r1["rows_skipped"] == 1 and r1["model_loaded"]
+    assert (r2["rows_generated"], r2["rows_from_cache"], r2["model_loaded"]) == (0, 62, False)
+    assert r2["cache"] == str(tmp_path / "xdg-cache" / "adpulse-batch" / "ads.sqlite")
+
+    # Three changed products: exactly three generated, the rest from the cache.
+    header, rows = read_csv(source)
+    for i in (3, 17, 40):
+        rows[i][2] += " Now in green."
+    write_csv(source, header, rows)
+    third = run_ads(source, "-o", tmp_path / "c.csv", "--report", tmp_path / "r3.json")
+    assert third.exit_code == 0
+    r3 = report(tmp_path / "r3.json")
+    assert (r3["rows_generated"], r3["rows_from_cache"], r3["prompts_generated"]) == (3, 59, 3)
+    changed = [i for i, (a, c) in enumerate(zip(read_csv(tmp_path / "a.csv")[1], read_csv(tmp_path / "c.csv")[1])) if a[-2] != c[-2]]
+    assert set(changed) <= {3, 17, 40}
+
+
+def test_no_cache_and_a_cache_file_of_ones_own(run_ads, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=8)
+    own = tmp_path / "my.sqlite"
+    assert run_ads(source, "-o", tmp_path / "a.csv", "--cache", own).exit_code == 0
+    assert run_ads(source, "-o", tmp_path / "b.csv", "--cache", own, "--report", tmp_path / "r.json").exit_code == 0
+    assert report(tmp_path / "r.json")["rows_from_cache"] == 8
+    assert run_ads(source, "-o", tmp_path / "c.csv", "--no-cache", "--report", tmp_path / "r.json").exit_code == 0
+    assert report(tmp_path / "r.json")["rows_generated"] == 8 and report(tmp_path / "r.json")["cache"] is None
+    result = run_ads(source, "--cache", own, "--no-cache")
+    assert result.exit_code == 2 and "Use just one of --cache and --no-cache." in result.stderr
+
+
+def test_a_corrupt_cache_is_set_aside(run_ads, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=4)
+    broken = tmp_path / "ads.sqlite"
+    broken.write_bytes(b"this is not an sqlite database" * 100)
+    result = run_ads(source, "-o", tmp_path / "out.csv", "--cache", broken, "--report", tmp_path / "r.json")
+    assert result.exit_code == 0
+    assert f"the ad cache {broken} is not readable" in result.stderr
+    assert report(tmp_path / "r.json")["rows_generated"] == 4
+    assert len(list(tmp_path.glob("ads.sqlite.corrupt-*"))) == 1
+
+
+def test_kept_work_resumes_and_other_settings_start_over(run_ads, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=20)
+    out = tmp_path / "out.csv"
+    work = tmp_path / ".out.csv.adpulse-work"
+    assert run_ads(source, "-o", out, "--no-cache", "--keep-work").exit_code == 0
+    first = out.read_bytes()
+    assert work.is_dir()
+    assert run_ads(source, "-o", out, "--no-cache", "--keep-work", "--report", tmp_path / "r.json").exit_code == 0
+    assert (report(tmp_path / "r.json")["rows_resumed"], report(tmp_path / "r.json")["rows_generated"]) == (20, 0)
+    assert out.read_bytes() == first
+    # Another generation setting: the old work does not belong to this job.
+    assert run_ads(source, "-o", out, "--no-cache", "--max-chars", 30, "--report", tmp_path / "r.json").exit_code == 0
+    assert (report(tmp_path / "r.json")["rows_resumed"], report(tmp_path / "r.json")["rows_generated"]) == (0, 20)
+    assert not work.exists()  # removed after a successful run without --keep-work
+
+
+def test_a_killed_run_resumes_where_it_stopped(test_model, tmp_path):
+    _, adapter = test_model
+    source = catalog(tmp_path / "in.csv", rows=150)
+    args = [sys.executable, "-m", "adpulse_batch", "run", str(source), "--adapter", str(adapter),
+            "--max-new-tokens", "24", "--batch-size", "8", "--no-cache", "--quiet"]  # fmt: skip
+    env = {**os.environ, "ADPULSE_COMMIT_SECONDS": "0.5"}
+    subprocess.run([*args, "-o", str(tmp_path / "whole.csv")], check=True, env=env)
+
+    out = tmp_path / "out.csv"
+    work = tmp_path / ".out.csv.adpulse-work"
+    process = subprocess.Popen([*args, "-o", str(out)], env=env)
+    deadline = time.monotonic() + 120
+    while not list(work.glob("part-*.parquet")):  # some batches committed
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before committing anything"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not out.exists()
+
+    done = subprocess.run([*args, "-o", str(out), "--report", str(tmp_path / "r.json")], env=env)
+    assert done.returncode == 0
+    r = report(tmp_path / "r.json")
+    assert r["rows_resumed"] > 0 and r["rows_generated"] > 0
+    assert r["rows_resumed"] + r["rows_generated"] + r["rows_skipped"] == 150
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+
+
+def test_a_second_run_on_the_same_output_exits_3(run_ads, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=3)
+    out = tmp_path / "out.csv"
+    with OutputLock(out):
+        result = run_ads(source, "-o", out)
+    assert result.exit_code == 3
+    line = result.stderr.strip()
+    assert line.startswith(f"Error: another run is writing {out} (pid {os.getpid()} on ") and line.endswith("); wait for it to finish")
+    assert not out.exists()
+    assert run_ads(source, "-o", out).exit_code == 0  # the lock went with its holder
+    assert not (tmp_path / ".out.csv.lock").exists()
+
+
+def test_csv_ads_never_start_like_a_formula(run_ads, tmp_path, monkeypatch):
+    def formulas(self, prompts, *, batch_size, on_batch=None):
+        return [[Generation(f"=HYPERLINK(\"x\") {i}" if i % 2 else "-20% today", 3, "eos")] for i, _ in enumerate(prompts)]
+
+    monkeypatch.setattr(Generator, "generate", formulas)
+    source = catalog(tmp_path / "in.csv", rows=4)
+    header, rows = read_csv(source)
+    rows[0][1] = "=1+1 mug"  # an input cell that looks like a formula is input: left alone
+    write_csv(source, header, rows)
+    assert run_ads(source, "-o", tmp_path / "safe.csv", "--no-cache").exit_code == 0
+    assert run_ads(source, "-o", tmp_path / "raw.csv", "--no-cache", "--no-csv-safe").exit_code == 0
+    safe, raw = read_csv(tmp_path / "safe.csv")[1], read_csv(tmp_path / "raw.csv")[1]
+    assert {r[-2] for r in raw} == {"-20% today", '=HYPERLINK("x") 1', '=HYPERLINK("x") 3'}
+    assert [r[-2] for r in safe] == ["'" + r[-2] for r in raw]
+    assert safe[0][1] == raw[0][1] == "=1+1 mug"
+    assert run_ads(source, "-o", tmp_path / "out.jsonl", "--no-cache").exit_code == 0
+    assert {json.loads(line)["ad_copy"][0] for line in (tmp_path / "out.jsonl").read_text().splitlines()} == {"-", "="}
+
+
+def test_job_file(run_cli, test_model, tmp_path, monkeypatch):
+    _, adapter = test_model
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    catalog(tmp_path / "in.csv", rows=5)
+    job = jobs / "nightly.toml"
+    job.write_text(f'input = "../in.csv"\noutput = "../out.parquet"\nadapter = "{adapter}"\nmax-new-tokens = 6\nlimit = 3\nquiet = true\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # paths in a job file are relative to the file
+    assert run_cli("run", "--job", job, "--report", tmp_path / "r.json").exit_code == 0
+    r = report(tmp_path / "r.json")
+    assert (r["rows_total"], r["generation"]["max_new_tokens"], r["output"]) == (3, 6, str(tmp_path / "out.parquet"))
+    assert run_cli("run", "--job", job, "--limit", 5, "--report", tmp_path / "r.json").exit_code == 0  # flags win
+    assert report(tmp_path / "r.json")["rows_total"] == 5
+    job.write_text('input = "../in.csv"\nbatchsize = 4\n')
+    result = run_cli("run", "--job", job)
+    assert result.exit_code == 2
+    assert "'batchsize' is not a run option" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_example_job_files_are_valid():
+    options = tomllib.loads((REPO / "jobs" / "nightly.toml").read_text())
+    run_options = {p.name for p in cli.commands["run"].params}
+    assert set(k.replace("-", "_") for k in options) <= run_options
+    assert "adpulse-batch run --job" in (REPO / "jobs" / "crontab").read_text()
+    assert "OnCalendar=" in (REPO / "jobs" / "adpulse-nightly.timer").read_text()
+
+
+def test_json_logs(run_cli, test_model, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=3)
+    result = run_cli("run", source, "--adapter", test_model[1], "--max-new-tokens", 4, "--log-format", "json")
+    assert result.exit_code == 0
+    lines = [json.loads(line) for line in result.stderr.strip().splitlines()]
+    assert all(set(line) >= {"time", "level", "message"} for line in lines)
+    assert (lines[-1]["rows_total"], lines[-1]["rows_generated"]) == (3, 3)
+    result = run_cli("run", tmp_path / "missing.csv", "--log-format", "json")
+    assert result.exit_code == 2
+    assert json.loads(result.stderr) == {"level": "error", "message": f"input {tmp_path / 'missing.csv'} does not exist", "exit_code": 2}
