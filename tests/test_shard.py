@@ -55,10 +55,10 @@ def catalogs(root):
     return made
 
 
-def settings_for(source, output, adapter):
+def settings_for(source, output, adapter, **extra):
     return RunSettings(
         input=source, output=output, model=ModelSettings(adapter=str(adapter), device="cpu"),
-        generation=GenerationSettings(max_new_tokens=10), batch_size=2,
+        generation=GenerationSettings(max_new_tokens=10), batch_size=2, use_cache=False, **extra,
     )
 
 
@@ -79,6 +79,10 @@ def test_two_processes_write_the_same_bytes_as_one(test_model, tmp_path):
     for source in sources:
         run_catalog(settings_for(source, tmp_path / "one" / source.name, adapter))
     jobs = [settings_for(source, tmp_path / "two" / source.name, adapter) for source in sources]
+    # An interrupted single-process run (its first 2 rows committed) resumed by two processes.
+    resumed = tmp_path / "two" / "resumed.csv"
+    run_catalog(settings_for(tmp_path / "c3.csv", resumed, adapter, limit=2, keep_work=True))
+    jobs.append(settings_for(tmp_path / "c3.csv", resumed, adapter, report=tmp_path / "resumed.json"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -89,6 +93,9 @@ def test_two_processes_write_the_same_bytes_as_one(test_model, tmp_path):
         assert two.read_bytes() == one.read_bytes(), source.name
         assert not (tmp_path / "two" / f".{source.name}.adpulse-work").exists()
     assert [r[-1] for r in read_csv(tmp_path / "two" / "skipped.csv")[1]] == ["skipped: no product name or description"] * 2
+    assert resumed.read_bytes() == (tmp_path / "one" / "c3.csv").read_bytes()
+    report = json.loads((tmp_path / "resumed.json").read_text())
+    assert (report["rows_resumed"], report["rows_generated"]) == (2, 1)
     assert len(pq.read_table(tmp_path / "two" / "p3.parquet")) == 3
 
 
