@@ -187,7 +187,11 @@ def make_test_model(directory, adapter_dir, seed):
 
 
 def _setup_logging(quiet: bool) -> None:
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="adpulse-batch: %(message)s", stream=sys.stderr)
+    # force: a process that runs several commands (a test, a notebook) logs each to the
+    # stderr and level of the command at hand, not of the first one.
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO, format="adpulse-batch: %(message)s", stream=sys.stderr, force=True
+    )
     # The libraries' own chatter (weight-loading bars, retries, deprecation notices) is not
     # ours to show: a failure reaches the user as our one-line error. Their loggers are set
     # up when they are imported, so import them first.
