@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import random
 import re
 import tempfile
@@ -30,8 +29,6 @@ from adpulse_batch.catalog import (
 from adpulse_batch.errors import InputError, SettingsError
 from adpulse_batch.prompts import field_text
 from adpulse_batch.settings import NO_COLUMN
-
-log = logging.getLogger(__name__)
 
 HUB_PREFIX = "hf://"
 
@@ -102,8 +99,6 @@ def read_training_data(
     else:
         _read_local(Path(data).expanduser(), reader)
     splits, dropped = reader.rows, reader.dropped
-    for why, count in dropped.items():
-        log.info("dropped %d rows %s", count, why)
     train = splits.get("train", [])
     if not train:
         reasons = "".join(f", {count} {why}" for why, count in dropped.items())
