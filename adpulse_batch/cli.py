@@ -206,7 +206,7 @@ def run(input, output, product_column, description_column, ad_column, status_col
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW; linear warmup, then linear decay).")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Examples per device per forward pass.")
 @click.option("--grad-accum", type=int, default=4, show_default=True, help="Forward passes per optimizer step.")
-@click.option("--max-steps", type=int, show_default="100", help="Optimizer steps to train.")
+@click.option("--max-steps", type=int, help="Optimizer steps to train.  [default: 100, unless --epochs]")
 @click.option("--epochs", type=int, metavar="N", help="Train N passes over the data instead of --max-steps.")
 @click.option("--warmup-steps", type=int, default=100, show_default=True, help="Steps over which the learning rate rises from 0.")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of the initial adapter, the eval hold-out, the data order and dropout.")

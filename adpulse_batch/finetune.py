@@ -13,7 +13,6 @@ with the template, columns, settings, loss history and a fingerprint of the data
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ import torch
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import TrainerCallback
+from transformers.utils import is_bitsandbytes_available
+from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
 
 from adpulse_batch import __version__
 from adpulse_batch.errors import SettingsError
@@ -268,8 +269,10 @@ def _check_quantize(quantize: str | None, device: torch.device) -> None:
         return
     if device.type != "cuda":
         raise SettingsError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes quantizes on the GPU); drop it to train unquantized")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise SettingsError(f"--quantize {quantize} needs bitsandbytes: pip install 'adpulse-batch[quantize]'")
+    if not is_bitsandbytes_available():
+        raise SettingsError(
+            f"--quantize {quantize} needs bitsandbytes {BITSANDBYTES_MIN_VERSION} or later: pip install 'adpulse-batch[quantize]'"
+        )
 
 
 def _check_target_modules(config, targets: tuple[str, ...], base: str) -> None:
@@ -393,6 +396,7 @@ def _trainer(job: Job, model, progress: bool):
         bf16=precision == "bf16 mixed",
         fp16=precision == "fp16 mixed",
         activation_checkpointing=t.gradient_checkpointing,
+        ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward pass
         **schedule,
         **evaluation,
         **saving,
