@@ -278,7 +278,10 @@ def finetune(data, output, product_column, description_column, ad_column, encodi
     _setup_logging(quiet)
     from adpulse_batch.finetune import finetune as train
 
-    summary = train(settings, progress=not quiet and sys.stderr.isatty())
+    try:
+        summary = train(settings, progress=not quiet and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        _fail(f"interrupted; pass --resume to continue from the newest checkpoint in {output}, if one was written", 130)
     if not quiet:
         click.echo(summary.line(), err=True)
 

@@ -117,9 +117,7 @@ class Job:
 
     settings: FinetuneSettings
     base: str
-    template: Template
     tokenizer: object
-    data: TrainingData
     train: list[Example]
     eval: list[Example]
     device: torch.device
@@ -158,42 +156,18 @@ def prepare(settings: FinetuneSettings) -> Job:
             example, cut = build_example(tokenizer, template, row, max_prompt_tokens=settings.max_prompt_tokens)
             examples.append(example)
             truncated += cut
-    record = {
-        "version": __version__,
-        "base_model": base,
-        "template": template.text,
-        "columns": data.columns,
-        "data": {
-            "source": settings.data,
-            "sha256": data.fingerprint,
-            "train_rows": len(train),
-            "eval_rows": len(eval_examples),
-            "eval": data.eval_source,
-            "dropped": data.dropped,
-            "prompts_truncated": truncated,
-        },
-        "settings": {
-            "lora": asdict(settings.lora),
-            "training": asdict(settings.training),
-            "max_prompt_tokens": settings.max_prompt_tokens,
-            "eval_fraction": settings.eval_fraction,
-            "precision": precision,
-            # accelerate launch / torchrun: each process trains on its own share of every step.
-            "processes": int(os.environ.get("WORLD_SIZE", "1")),
-        },
-    }
-    record = json.loads(json.dumps(record))  # as it reads back from the file (tuples are lists)
+    record = _record(settings, base, template, data, prompts_truncated=truncated, precision=precision)
     if resume_from is not None:
         _check_resume(record, resume_from)
     # Checks done: now say what will happen.
     for why, count in data.dropped.items():
-        log.info("dropped %d rows %s", count, why)
+        log.info("dropped %d %s %s", count, "row" if count == 1 else "rows", why)
     if truncated:
         log.info("%d prompts cut to --max-prompt-tokens %d", truncated, settings.max_prompt_tokens)
     log.info("%d training rows; eval rows: %s", len(train), data.eval_source)
     if resume_from is not None:
         log.info("resuming from %s", resume_from)
-    return Job(settings, base, template, tokenizer, data, train, eval_examples, device, dtype, resume_from, record)
+    return Job(settings, base, tokenizer, train, eval_examples, device, dtype, resume_from, record)
 
 
 def finetune(settings: FinetuneSettings, *, progress: bool = False) -> FinetuneSummary:
@@ -231,6 +205,35 @@ def loss_history(log_history: list[dict]) -> dict[str, list[list[float]]]:
         "train": [[entry["step"], entry["loss"]] for entry in log_history if "loss" in entry],
         "eval": [[entry["step"], entry["eval_loss"]] for entry in log_history if "eval_loss" in entry],
     }
+
+
+def _record(settings: FinetuneSettings, base: str, template: Template, data: TrainingData, *, prompts_truncated: int, precision: str) -> dict:
+    """What adpulse.json says before training: what is trained, on what, how."""
+    record = {
+        "version": __version__,
+        "base_model": base,
+        "template": template.text,
+        "columns": data.columns,
+        "data": {
+            "source": settings.data,
+            "sha256": data.fingerprint,
+            "train_rows": len(data.train),
+            "eval_rows": len(data.eval),
+            "eval": data.eval_source,
+            "dropped": data.dropped,
+            "prompts_truncated": prompts_truncated,
+        },
+        "settings": {
+            "lora": asdict(settings.lora),
+            "training": asdict(settings.training),
+            "max_prompt_tokens": settings.max_prompt_tokens,
+            "eval_fraction": settings.eval_fraction,
+            "precision": precision,
+            # accelerate launch / torchrun: each process trains on its own share of every step.
+            "processes": int(os.environ.get("WORLD_SIZE", "1")),
+        },
+    }
+    return json.loads(json.dumps(record))  # as it reads back from the file (tuples are lists)
 
 
 def _check_output(settings: FinetuneSettings) -> str | None:

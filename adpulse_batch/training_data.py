@@ -243,7 +243,10 @@ def _read_hub(data: str, reader: _SplitReader) -> None:
         if not files:
             raise InputError(f"the Hub dataset {data} holds no {', '.join(FORMATS)} files")
         for name in files:
-            reader.read(Path(local) / name, split_of(name))
+            try:
+                reader.read(Path(local) / name, split_of(name))
+            except InputError as error:  # name the file as the user knows it, not its download
+                raise InputError(str(error).replace(str(Path(local)), HUB_PREFIX + root)) from None
 
 
 def _first_line(error: Exception) -> str:

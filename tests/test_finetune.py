@@ -288,6 +288,20 @@ def test_bad_invocations_are_one_line_and_exit_2(test_model, tmp_path, args, mes
     assert not out.exists()
 
 
+def test_interrupt_points_at_resume(monkeypatch, test_model, tmp_path):
+    from adpulse_batch import finetune
+
+    def interrupted(settings, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "finetune", interrupted)
+    result = finetune_cli(tmp_path / "ads.csv", "-o", tmp_path / "a", "--model", test_model[0])
+    assert result.exit_code == 130
+    assert result.stderr == (
+        f"Error: interrupted; pass --resume to continue from the newest checkpoint in {tmp_path / 'a'}, if one was written\n"
+    )
+
+
 def test_quantize_without_bitsandbytes_says_how_to_get_it(monkeypatch, test_model, tmp_path):
     from adpulse_batch import finetune
     from adpulse_batch.errors import SettingsError
@@ -360,15 +374,21 @@ def test_hub_dataset_is_read_through_its_file_system(monkeypatch, tmp_path):
     assert data.train[4].ad == "Stay refreshed all day. Free shipping!"  # cells cleaned as run cleans them
     assert data.eval_source == "the test split (2 rows)"
 
+    (repo / "validation-00000-of-00001.parquet").write_bytes(b"not parquet")
+    with pytest.raises(training_data.InputError) as raised:
+        training_data.read_training_data("hf://datasets/acme/ads")
+    assert str(raised.value).startswith("hf://datasets/acme/ads/data/validation-00000-of-00001.parquet is not a valid Parquet file")
+
 
 def test_two_processes_train_data_parallel(test_model, tmp_path):
     """What `accelerate launch -m adpulse_batch finetune` does on several GPUs, on CPU: two
-    processes (torchrun, gloo), one adapter, one voice."""
+    processes (torchrun, gloo), one adapter, one voice. Unusable rows are dropped and counted."""
     import os
     import subprocess
     import sys
 
-    data = write_csv(tmp_path / "ads.csv", ["product", "description", "ad"], ADS)
+    unusable = [["Pen", "Black ink", ""], ["Cup", "Blue", "  "], ["", "", "An ad for nothing"]]
+    data = write_csv(tmp_path / "ads.csv", ["product", "description", "ad"], ADS + unusable)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -381,7 +401,9 @@ def test_two_processes_train_data_parallel(test_model, tmp_path):
     assert done.stdout == ""
     summaries = [line for line in done.stderr.splitlines() if line.startswith("trained ")]
     assert len(summaries) == 1 and summaries[0].startswith("trained 4 steps in")
-    assert done.stderr.count("training rows; eval rows") == 1
+    assert done.stderr.count("adpulse-batch: 6 training rows; eval rows: 2 rows held out (--eval-fraction 0.25)") == 1
+    assert done.stderr.count("adpulse-batch: dropped 2 rows with an empty ad") == 1
+    assert done.stderr.count("adpulse-batch: dropped 1 row with no product name or description") == 1
     meta = json.loads((tmp_path / "adapter" / "adpulse.json").read_text())
     assert meta["settings"]["processes"] == 2
     assert [step for step, _ in meta["history"]["eval"]] == [2, 4]
