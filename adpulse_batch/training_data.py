@@ -57,9 +57,8 @@ class TrainingRow:
 
 @dataclass
 class TrainingData:
-    """The rows to train on and to evaluate with, and where they came from."""
+    """The rows to train on and to evaluate with, and how they were found."""
 
-    source: str
     train: list[TrainingRow]
     eval: list[TrainingRow]
     eval_source: str  # where the eval rows come from, in words
@@ -112,7 +111,7 @@ def read_training_data(
     else:
         train, eval_rows = hold_out(train, eval_fraction, seed)
         eval_source = f"{len(eval_rows)} rows held out (--eval-fraction {eval_fraction:g})"
-    return TrainingData(data, train, eval_rows, eval_source, reader.columns_found["train"], dropped)
+    return TrainingData(train, eval_rows, eval_source, reader.columns_found["train"], dropped)
 
 
 def hold_out(rows: list[TrainingRow], fraction: float, seed: int) -> tuple[list[TrainingRow], list[TrainingRow]]:

@@ -382,19 +382,22 @@ def test_hub_dataset_is_read_through_its_file_system(monkeypatch, tmp_path):
 
 def test_two_processes_train_data_parallel(test_model, tmp_path):
     """What `accelerate launch -m adpulse_batch finetune` does on several GPUs, on CPU: two
-    processes (torchrun, gloo), one adapter, one voice. Unusable rows are dropped and counted."""
+    processes (torchrun, gloo), one adapter, one voice. Also: unusable rows are dropped and
+    counted, and a --template file is what the adapter records."""
     import os
     import subprocess
     import sys
 
     unusable = [["Pen", "Black ink", ""], ["Cup", "Blue", "  "], ["", "", "An ad for nothing"]]
     data = write_csv(tmp_path / "ads.csv", ["product", "description", "ad"], ADS + unusable)
+    template = tmp_path / "template.txt"
+    template.write_text("Product: {product}\nDetails: {description}\nAd:\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         "-m", "adpulse_batch", "finetune", str(data), "-o", str(tmp_path / "adapter"), "--model", str(test_model[0]),
         "--device", "cpu", "--max-steps", "4", "--batch-size", "2", "--grad-accum", "1", "--warmup-steps", "0",
-        "--eval-fraction", "0.25", "--eval-steps", "2", "--save-steps", "2",
+        "--eval-fraction", "0.25", "--eval-steps", "2", "--save-steps", "2", "--template", str(template),
     ]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -406,5 +409,6 @@ def test_two_processes_train_data_parallel(test_model, tmp_path):
     assert done.stderr.count("adpulse-batch: dropped 1 row with no product name or description") == 1
     meta = json.loads((tmp_path / "adapter" / "adpulse.json").read_text())
     assert meta["settings"]["processes"] == 2
+    assert meta["template"] == template.read_text()  # what run will prompt with
     assert [step for step, _ in meta["history"]["eval"]] == [2, 4]
     assert sorted(p.name for p in (tmp_path / "adapter").glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
