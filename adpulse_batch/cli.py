@@ -15,7 +15,7 @@ import click
 
 from adpulse_batch import __version__
 from adpulse_batch.errors import AdPulseError
-from adpulse_batch.settings import DEFAULT_ADAPTER, DEVICES, DTYPES
+from adpulse_batch.settings import DEFAULT_ADAPTER, DEFAULT_BASE_MODEL, DEVICES, DTYPES, QUANTIZE
 
 log = logging.getLogger("adpulse_batch")
 
@@ -62,8 +62,20 @@ def cli():
     """
 
 
+def device_options(command):
+    """--device, --dtype: where the model runs, in which precision."""
+    command = click.option(
+        "--dtype",
+        type=click.Choice(DTYPES),
+        default="auto",
+        show_default=True,
+        help="auto: bfloat16 on GPUs that support it, else float16 on GPU; float32 on CPU.",
+    )(command)
+    return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: a CUDA GPU when there is one.")(command)
+
+
 def model_options(command):
-    """--model, --adapter, --device, --dtype: which model, and where it runs."""
+    """--model, --adapter, --device, --dtype: which model writes the ads, and where it runs."""
 
     @click.option(
         "--model",
@@ -79,20 +91,34 @@ def model_options(command):
         metavar="DIR|HUB_ID|none",
         help="PEFT LoRA adapter (directory or Hub id), merged into the base; 'none' for the base model alone. Env: ADPULSE_ADAPTER.",
     )
-    @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: a CUDA GPU when there is one.")
-    @click.option(
-        "--dtype",
-        type=click.Choice(DTYPES),
-        default="auto",
-        show_default=True,
-        help="auto: bfloat16 on GPUs that support it, else float16 on GPU; float32 on CPU.",
-    )
+    @device_options
     @functools.wraps(command)
     def wrapper(*args, model, adapter, device, dtype, **kwargs):
         from adpulse_batch.settings import ModelSettings
 
         adapter = None if adapter is None or adapter.lower() == "none" else adapter
         return command(*args, model_settings=ModelSettings(model=model, adapter=adapter, device=device, dtype=dtype), **kwargs)
+
+    return wrapper
+
+
+def base_model_options(command):
+    """--model, --device, --dtype: the base model an adapter is trained on, and where."""
+
+    @click.option(
+        "--model",
+        envvar="ADPULSE_MODEL",
+        default=DEFAULT_BASE_MODEL,
+        show_default=True,
+        metavar="DIR|HUB_ID",
+        help="Base model to train the adapter on (directory or Hub id; a BLOOM model). Env: ADPULSE_MODEL.",
+    )
+    @device_options
+    @functools.wraps(command)
+    def wrapper(*args, model, device, dtype, **kwargs):
+        from adpulse_batch.settings import ModelSettings
+
+        return command(*args, model_settings=ModelSettings(model=model, adapter=None, device=device, dtype=dtype), **kwargs)
 
     return wrapper
 
@@ -281,6 +307,101 @@ def _without_option(args: list[str], name: str) -> list[str]:
     return kept
 
 
+@cli.command()
+@click.argument("data")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, metavar="ADAPTER_DIR", help="Directory to write the adapter (and its checkpoints) to.")
+@column_options
+@click.option("--ad-column", metavar="COLUMN", help="Column with the ad to learn. Default: the first of ad, ad_copy, ad_text, advert, advertisement.")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV and JSONL data.")
+@click.option("--template", type=click.Path(path_type=Path), metavar="FILE", help="Prompt template file with {product} and {description}; saved with the adapter. Default: the AdPulse prompt.")
+@base_model_options
+@click.option("--lora-r", type=int, default=16, show_default=True, help="LoRA rank.")
+@click.option("--lora-alpha", type=int, default=32, show_default=True, help="LoRA scaling numerator (the update is scaled by alpha / r).")
+@click.option("--lora-dropout", type=float, default=0.05, show_default=True, help="Dropout on the adapter's input during training.")
+@click.option("--lora-target-modules", default="query_key_value", show_default=True, metavar="NAMES", help="Comma-separated linear layers to adapt (BLOOM: query_key_value, dense, dense_h_to_4h, dense_4h_to_h).")
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW; linear warmup, then linear decay).")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Examples per device per forward pass.")
+@click.option("--grad-accum", type=int, default=4, show_default=True, help="Forward passes per optimizer step.")
+@click.option("--max-steps", type=int, help="Optimizer steps to train.  [default: 100, unless --epochs]")
+@click.option("--epochs", type=int, metavar="N", help="Train N passes over the data instead of --max-steps.")
+@click.option("--warmup-steps", type=int, default=100, show_default=True, help="Steps over which the learning rate rises from 0.")
+@click.option("--seed", type=int, default=42, show_default=True, help="Seed of the initial adapter, the eval hold-out, the data order and dropout.")
+@click.option("--eval-fraction", type=float, default=0.1, show_default=True, help="Share of the rows held out for the eval loss (the data's test split instead, when it has one); 0: no eval.")
+@click.option("--eval-steps", type=int, default=50, show_default=True, help="Compute the eval loss every N steps (and at the end).")
+@click.option("--log-steps", type=int, default=10, show_default=True, help="Log the training loss every N steps (and at the end).")
+@click.option("--save-steps", type=int, default=50, show_default=True, help="Write a checkpoint every N steps (and at the end); 0: none.")
+@click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts have their description cut to fit, as run cuts them.")
+@click.option("--gradient-checkpointing", is_flag=True, help="Recompute activations in the backward pass: less memory, slower.")
+@click.option("--quantize", type=click.Choice(QUANTIZE), help="Load the frozen base model in 8bit or 4bit (QLoRA; CUDA and bitsandbytes only).")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in ADAPTER_DIR (same data and settings).")
+@click.option("--merge", is_flag=True, help="Also write the base model with the adapter merged in to ADAPTER_DIR/merged.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no log lines, no summary.")
+def finetune(data, output, product_column, description_column, ad_column, encoding, template, model_settings,
+             lora_r, lora_alpha, lora_dropout, lora_target_modules, learning_rate, batch_size, grad_accum, max_steps,
+             epochs, warmup_steps, seed, eval_fraction, eval_steps, log_steps, save_steps, max_prompt_tokens,
+             gradient_checkpointing, quantize, resume, merge, quiet):
+    """Train a LoRA adapter on (product, description, ad) rows, for `run --adapter`.
+
+    DATA is a .csv, .parquet or .jsonl file, a directory of them (split by file name:
+    train, test, ...), or a Hub dataset hf://datasets/OWNER/NAME. Each example is the prompt
+    exactly as run renders it, then the ad and the end-of-text token; the loss counts the ad
+    and the end-of-text token only.
+
+    \b
+    Examples:
+        adpulse-batch finetune hf://datasets/c-s-ale/Product-Descriptions-and-Ads -o adapters/adpulse
+        adpulse-batch finetune our_ads.csv -o adapters/ours --max-steps 300
+        adpulse-batch run catalog.csv --adapter adapters/ours
+    """
+    from adpulse_batch.settings import FinetuneSettings, LoraSettings, TrainingSettings
+
+    settings = FinetuneSettings(
+        data=data,
+        output=output,
+        product_column=product_column,
+        description_column=description_column,
+        ad_column=ad_column,
+        encoding=encoding,
+        template=template,
+        model=model_settings,
+        lora=LoraSettings(
+            r=lora_r,
+            alpha=lora_alpha,
+            dropout=lora_dropout,
+            target_modules=tuple(name.strip() for name in lora_target_modules.split(",")),
+        ),
+        training=TrainingSettings(
+            learning_rate=learning_rate,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            max_steps=max_steps,
+            epochs=epochs,
+            warmup_steps=warmup_steps,
+            seed=seed,
+            log_steps=log_steps,
+            eval_steps=eval_steps,
+            save_steps=save_steps,
+            gradient_checkpointing=gradient_checkpointing,
+            quantize=quantize,
+        ),
+        max_prompt_tokens=max_prompt_tokens,
+        eval_fraction=eval_fraction,
+        resume=resume,
+        merge=merge,
+    )
+    # Under `accelerate launch` every process runs this command; only the first one talks.
+    quiet = quiet or os.environ.get("RANK", "0") != "0"
+    _setup_logging(quiet)
+    from adpulse_batch.finetune import finetune as train
+
+    try:
+        summary = train(settings, progress=not quiet and sys.stderr.isatty())
+    except KeyboardInterrupt:
+        _fail(f"interrupted; pass --resume to continue from the newest checkpoint in {output}, if one was written", 130)
+    if not quiet:
+        click.echo(summary.line(), err=True)
+
+
 @cli.command("make-test-model")
 @click.argument("directory", type=click.Path(path_type=Path))
 @click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path), metavar="DIR", help="Also write a random LoRA adapter for it here.")
@@ -310,6 +431,8 @@ def _setup_logging(quiet: bool, log_format: str = "text") -> None:
     chatty = not quiet and os.environ.get("RANK", "0") == "0"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter("adpulse-batch: %(message)s"))
+    # Replace, not add: a process that runs several commands (a test, a notebook) logs each
+    # to the stderr and level of the command at hand.
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if chatty else logging.WARNING)

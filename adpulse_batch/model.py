@@ -136,23 +136,36 @@ def load_template(settings: ModelSettings, template_file: Path | None) -> Templa
 
 def load_model(settings: ModelSettings, *, device: torch.device | None = None, tokenizer=None) -> LoadedModel:
     """Load the base model in the chosen dtype on `device`, apply and merge the adapter."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     device = device or resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     base = base_model_name(settings)
-    config = _from_hub_or_dir(AutoConfig.from_pretrained, base, "base model")
-    if config.model_type != "bloom":
-        raise SettingsError(
-            f"--model {base!r} is a {config.model_type!r} model; adpulse-batch runs BLOOM models (bigscience/bloom-*)"
-        )
+    load_base_config(base)  # a BLOOM model, or one line saying what it is instead
     log.info("loading %s (%s) on %s", base, str(dtype).removeprefix("torch."), device)
-    model = _from_hub_or_dir(AutoModelForCausalLM.from_pretrained, base, "base model", dtype=dtype, device_map=str(device))
+    model = load_base_model(base, dtype=dtype, device_map=str(device))
     if settings.adapter is not None:
         model = _merge_adapter(model, settings.adapter, base)
     model.eval()
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(settings)
     return LoadedModel(model, tokenizer, device, dtype)
+
+
+def load_base_config(base: str):
+    """The base model's config, checked to be a BLOOM model (the only kind run can generate with)."""
+    from transformers import AutoConfig
+
+    config = _from_hub_or_dir(AutoConfig.from_pretrained, base, "base model")
+    if config.model_type != "bloom":
+        raise SettingsError(
+            f"--model {base!r} is a {config.model_type!r} model; adpulse-batch runs BLOOM models (bigscience/bloom-*)"
+        )
+    return config
+
+
+def load_base_model(base: str, **kwargs):
+    """The base model's weights; `kwargs` go to `from_pretrained` (dtype, device_map, quantization_config)."""
+    from transformers import AutoModelForCausalLM
+
+    return _from_hub_or_dir(AutoModelForCausalLM.from_pretrained, base, "base model", **kwargs)
 
 
 def _merge_adapter(model, adapter: str, base: str):

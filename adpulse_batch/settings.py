@@ -12,6 +12,7 @@ DEFAULT_ADAPTER = "abhamidi-1234/AdPulse"
 DEFAULT_BASE_MODEL = "bigscience/bloom-1b7"
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+QUANTIZE = ("8bit", "4bit")
 # `--description-column none`: the catalog has no description; prompts use the product alone.
 NO_COLUMN = "none"
 
@@ -147,3 +148,118 @@ class RunSettings:
         """The names of the new ad columns."""
         k = self.generation.num_variants
         return [self.ad_column] if k == 1 else [f"{self.ad_column}_{i}" for i in range(1, k + 1)]
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """The LoRA adapter finetune trains. Defaults: the original AdPulse adapter's."""
+
+    r: int = 16
+    """Rank of the low-rank update matrices."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapter's input during training."""
+    target_modules: tuple[str, ...] = ("query_key_value",)
+    """Names of the linear layers that get an adapter (BLOOM: query_key_value, dense, dense_h_to_4h, dense_4h_to_h)."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        _at_least(self.r, 1, "--lora-r")
+        _at_least(self.alpha, 1, "--lora-alpha")
+        if not 0 <= self.dropout < 1:
+            raise SettingsError(f"--lora-dropout must be at least 0 and below 1, not {self.dropout}")
+        if not self.target_modules or not all(name.strip() for name in self.target_modules):
+            raise SettingsError("--lora-target-modules needs one or more module names, separated by commas")
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How finetune trains. Defaults: the original AdPulse run's (which trained 100 steps with
+    100 warmup steps: the learning rate rises over the whole run)."""
+
+    learning_rate: float = 1e-3
+    """Peak learning rate (AdamW, linear warmup then linear decay)."""
+    batch_size: int = 4
+    """Examples per device per forward pass."""
+    grad_accum: int = 4
+    """Forward passes per optimizer step: an optimizer step sees batch_size x grad_accum x devices examples."""
+    max_steps: int | None = None
+    """Optimizer steps to train. None: 100, unless `epochs` is set."""
+    epochs: int | None = None
+    """Passes over the training rows, instead of `max_steps`."""
+    warmup_steps: int = 100
+    """Steps over which the learning rate rises linearly from 0."""
+    seed: int = 42
+    """Seed of the adapter's initial weights, the eval hold-out, the data order and dropout."""
+    log_steps: int = 10
+    """Log the training loss every this many steps (and at the last step)."""
+    eval_steps: int = 50
+    """Compute the eval loss every this many steps (and at the last step)."""
+    save_steps: int = 50
+    """Write a checkpoint every this many steps (and at the last step); 0: none."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 20-30% slower."""
+    quantize: str | None = None
+    """Load the frozen base model in 8bit or 4bit (QLoRA) through bitsandbytes; CUDA only."""
+
+    def __post_init__(self):
+        if self.max_steps is not None and self.epochs is not None:
+            raise SettingsError("use just one of --max-steps or --epochs")
+        if self.max_steps is None and self.epochs is None:
+            object.__setattr__(self, "max_steps", 100)
+        if not self.learning_rate > 0:
+            raise SettingsError(f"--learning-rate must be above 0, not {self.learning_rate}")
+        _at_least(self.batch_size, 1, "--batch-size")
+        _at_least(self.grad_accum, 1, "--grad-accum")
+        _at_least(self.max_steps, 1, "--max-steps")
+        _at_least(self.epochs, 1, "--epochs")
+        _at_least(self.warmup_steps, 0, "--warmup-steps")
+        _at_least(self.seed, 0, "--seed")
+        _at_least(self.log_steps, 1, "--log-steps")
+        _at_least(self.eval_steps, 1, "--eval-steps")
+        _at_least(self.save_steps, 0, "--save-steps")
+        if self.quantize is not None and self.quantize not in QUANTIZE:
+            raise SettingsError(f"--quantize must be one of {', '.join(QUANTIZE)}, not {self.quantize!r}")
+
+
+@dataclass(frozen=True)
+class FinetuneSettings:
+    """Everything `adpulse-batch finetune` needs."""
+
+    data: str
+    """Training rows: a .csv, .parquet or .jsonl file, a directory of such files (split by
+    name: train, test, ...), or a Hub dataset `hf://datasets/OWNER/NAME`."""
+    output: Path
+    """The adapter directory to write (checkpoints go in it too)."""
+    product_column: str | None = None
+    """Column with the product name. None: detected (product, product_name, name, title)."""
+    description_column: str | None = None
+    """Column with the description. None: detected; 'none': the data has none."""
+    ad_column: str | None = None
+    """Column with the ad to learn. None: detected (ad, ad_copy, ad_text, advert, advertisement)."""
+    encoding: str = "utf-8"
+    """Text encoding of CSV and JSONL data."""
+    template: Path | None = None
+    """Prompt template file. None: the AdPulse prompt."""
+    model: ModelSettings = field(default_factory=lambda: ModelSettings(model=DEFAULT_BASE_MODEL, adapter=None))
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    max_prompt_tokens: int = 256
+    """Longer prompts have their description (then product) cut to fit, exactly as `run` cuts them."""
+    eval_fraction: float = 0.1
+    """Share of the rows held out to compute the eval loss (the data's test split instead, when it
+    has one); 0: no evaluation."""
+    resume: bool = False
+    """Continue from the latest checkpoint in `output`."""
+    merge: bool = False
+    """Also write the base model with the adapter merged in to `output/merged`."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "data", str(self.data))
+        object.__setattr__(self, "output", Path(self.output))
+        if self.model.adapter is not None:
+            raise SettingsError("finetune trains a new adapter on a base model; it does not take --adapter")
+        _at_least(self.max_prompt_tokens, 16, "--max-prompt-tokens")
+        if not 0 <= self.eval_fraction < 1:
+            raise SettingsError(f"--eval-fraction must be at least 0 and below 1, not {self.eval_fraction}")

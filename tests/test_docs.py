@@ -1,9 +1,10 @@
-"""Every command and option explains itself, and the README documents every run option."""
+"""Every command and option explains itself, and the README documents every run and finetune option."""
 
 import subprocess
 import sys
 
 import click
+import pytest
 
 from adpulse_batch.cli import cli
 from conftest import REPO
@@ -21,11 +22,12 @@ def test_every_command_and_option_has_help():
                 assert param.help, f"{name} {param.opts[0]} has no help"
 
 
-def test_readme_documents_every_run_option():
+@pytest.mark.parametrize("command", ["run", "finetune"])
+def test_readme_documents_every_option(command):
     readme = (REPO / "README.md").read_text()
-    for param in cli.commands["run"].params:
+    for param in cli.commands[command].params:
         if isinstance(param, click.Option):
-            assert f"`{param.opts[-1]}" in readme or f"`{param.opts[0]}" in readme, f"README lacks {param.opts}"
+            assert f"`{param.opts[-1]}" in readme or f"`{param.opts[0]}" in readme, f"README lacks {command} {param.opts}"
 
 
 def test_help_does_not_import_torch():

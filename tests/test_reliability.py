@@ -96,9 +96,10 @@ def test_kept_work_resumes_and_other_settings_start_over(run_ads, tmp_path):
 
 def test_a_killed_run_resumes_where_it_stopped(test_model, tmp_path):
     _, adapter = test_model
-    source = catalog(tmp_path / "in.csv", rows=150)
+    # Long enough that the kill lands well before the end even on a busy machine.
+    source = catalog(tmp_path / "in.csv", rows=300)
     args = [sys.executable, "-m", "adpulse_batch", "run", str(source), "--adapter", str(adapter),
-            "--max-new-tokens", "24", "--batch-size", "8", "--no-cache", "--quiet"]  # fmt: skip
+            "--max-new-tokens", "32", "--batch-size", "8", "--no-cache", "--quiet"]  # fmt: skip
     env = {**os.environ, "ADPULSE_COMMIT_SECONDS": "0.5"}
     subprocess.run([*args, "-o", str(tmp_path / "whole.csv")], check=True, env=env)
 
@@ -117,7 +118,7 @@ def test_a_killed_run_resumes_where_it_stopped(test_model, tmp_path):
     assert done.returncode == 0
     r = report(tmp_path / "r.json")
     assert r["rows_resumed"] > 0 and r["rows_generated"] > 0
-    assert r["rows_resumed"] + r["rows_generated"] + r["rows_skipped"] == 150
+    assert r["rows_resumed"] + r["rows_generated"] + r["rows_skipped"] == 300
     assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
