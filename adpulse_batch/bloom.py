@@ -28,14 +28,17 @@ class Prefix:
     values: list[torch.Tensor]
 
 
-class KVCache:
-    """Keys and values of every layer for a batch, allocated once at full length.
+# A float32 model's cache is kept in float64, the precision its attention is computed in
+# (see `attend`), when it takes at most this many bytes: converting every cached key and
+# value at every step cost about a sixth of the decode time of a small model on CPU. A
+# larger cache (bloom-1b7 at 32 rows is about 3 GB in float64) stays float32 and is
+# converted as attention reads it, so memory never exceeds what a float32 cache takes.
+# Either way attention sees the same float64 values (float32 to float64 is exact).
+FLOAT64_CACHE_BYTES = 2 * 2**30
 
-    A float32 model keeps them in float64, the precision its attention is computed in (see
-    `attend`): converting every cached key and value at every step cost a quarter of the
-    decode time on CPU. The values are the same (float32 to float64 is exact); the cache
-    takes twice the memory of a float32 one.
-    """
+
+class KVCache:
+    """Keys and values of every layer for a batch, allocated once at full length."""
 
     def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int, *, device, dtype):
         shape = (batch, heads, length, head_dim)
@@ -84,7 +87,9 @@ class Bloom:
         self.slopes = alibi_slopes(self.heads).to(self.device)
 
     def new_cache(self, batch: int, length: int) -> KVCache:
-        dtype = torch.float64 if self.dtype == torch.float32 else self.dtype
+        dtype = self.dtype
+        if dtype == torch.float32 and 2 * len(self.layers) * batch * length * self.heads * self.head_dim * 8 <= FLOAT64_CACHE_BYTES:
+            dtype = torch.float64
         return KVCache(len(self.layers), batch, self.heads, length, self.head_dim, device=self.device, dtype=dtype)
 
     def alibi(self, valid: torch.Tensor) -> torch.Tensor:
@@ -128,16 +133,16 @@ class Bloom:
 def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """Attention with an additive bias.
 
-    In float32 (the CPU default) it is computed in float64 (the cache holds float64 keys and
-    values) and rounded back: its sums run over the padded key length, which depends on the
-    other rows of the batch, and float32 sums in a different order round differently. In
-    float64 the difference vanishes in the rounding, so a row's ad does not depend on its
-    batch. Half precision uses the fused kernel.
+    In float32 (the CPU default) it is computed in float64 and rounded back: its sums run
+    over the padded key length, which depends on the other rows of the batch, and float32
+    sums in a different order round differently. In float64 the difference vanishes in the
+    rounding, so a row's ad does not depend on its batch. (A float64 cache makes
+    `.double()` a no-op.) Half precision uses the fused kernel.
     """
-    if keys.dtype != torch.float64:
+    if q.dtype != torch.float32:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias)
-    scores = q.double() @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5 + bias
-    return (torch.softmax(scores, dim=-1) @ values).to(q.dtype)
+    scores = q.double() @ keys.double().transpose(-1, -2) * q.shape[-1] ** -0.5 + bias
+    return (torch.softmax(scores, dim=-1) @ values.double()).float()
 
 
 def attention_bias(alibi: torch.Tensor, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
