@@ -72,9 +72,10 @@ def sample_rows() -> list[tuple[str, str]]:
         return [(r["product_name"].strip(), r["description"].strip()) for r in csv.DictReader(handle)]
 
 
-def synthetic_catalog(rows: int, seed: int) -> list[tuple[str, str]]:
-    """(product, description) pairs: word counts drawn from the sample catalog's, words drawn
-    (with their punctuation) from its text and the test model's product prose."""
+def synthetic_catalog(rows: int, seed: int, description_scale: float = 1.0) -> list[tuple[str, str]]:
+    """(product, description) pairs: word counts drawn from the sample catalog's (description
+    counts times `description_scale`), words drawn (with their punctuation) from its text and
+    the test model's product prose."""
     from adpulse_batch.testmodel import _PROSE
 
     sample = sample_rows()
@@ -86,7 +87,8 @@ def synthetic_catalog(rows: int, seed: int) -> list[tuple[str, str]]:
     catalog = []
     for _ in range(rows):
         name = " ".join(rng.choice(name_words) for _ in range(rng.choice(name_lengths))).title()
-        description = " ".join(rng.choice(prose_words) for _ in range(rng.choice(description_lengths)))
+        words = round(rng.choice(description_lengths) * description_scale)
+        description = " ".join(rng.choice(prose_words) for _ in range(words))
         catalog.append((name, description[:1].upper() + description[1:]))
     return catalog
 
@@ -348,6 +350,10 @@ def parse_args(argv=None):
     parser.add_argument("--vocab", type=int, help="override the preset's vocabulary size")
     parser.add_argument("--rows", type=int, default=256, help="catalog rows (default 256)")
     parser.add_argument("--naive-rows", type=int, help="run (a) naive on every k-th row only, about this many (default: all rows)")
+    parser.add_argument(
+        "--description-scale", type=float, default=1.0,
+        help="multiply the sample catalog's description lengths (2.5 gives prompts of about 95 tokens; default 1: about 70)",
+    )
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row, exactly (default 32)")
     parser.add_argument("--batch-size", type=int, help="batch size of (b) and (c) (default: run's --batch-size default)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each method; medians are reported (default 3)")
@@ -356,6 +362,8 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="auto: float32 on CPU, bf16 on GPU")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ceiling-seconds", type=float, default=5.0, help="time spent measuring the matmul ceiling")
+    parser.add_argument("--quiet-below", type=float, default=0.1, help="before each timed run, wait until other processes use less than this share of the cores (1: never wait)")
+    parser.add_argument("--max-wait", type=float, default=300.0, help="longest wait for a quiet machine before a timed run, in seconds")
     parser.add_argument("--json", type=Path, help="write the results here (default: throughput-<preset>-<device>.json)")
     args = parser.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -387,7 +395,7 @@ def main(argv=None) -> int:
 
     log(f"training the benchmark tokenizer; {args.rows} synthetic rows")
     tokenizer = train_tokenizer(args.seed)
-    catalog = synthetic_catalog(args.rows, args.seed)
+    catalog = synthetic_catalog(args.rows, args.seed, args.description_scale)
     template = Template()
     texts = [template.render(p, d) for p, d in catalog]
     prompt_tokens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
@@ -427,6 +435,7 @@ def main(argv=None) -> int:
         "run": lambda: None,  # run loads its model every time; its timing includes that
     }
 
+    wait_for_quiet(args.quiet_below, args.max_wait)
     ceiling = matmul_rate(device, dtype, args.ceiling_seconds)
     log(f"matmul ceiling: {ceiling['best_flops'] / 1e9:.1f} GFLOP/s best, {ceiling['median_flops'] / 1e9:.1f} median ({dtype}, n={ceiling['n']})")
     for method in args.methods:
@@ -434,20 +443,28 @@ def main(argv=None) -> int:
     seconds: dict[str, list[float]] = {m: [] for m in args.methods}
     peak: dict[str, float] = {m: 0.0 for m in args.methods}
     outputs: dict[str, list] = {}
+    contention: dict[str, list[float]] = {m: [] for m in args.methods}
+    waited = 0.0
     for repeat in range(args.repeats):
         for method in args.methods:
+            waited += wait_for_quiet(args.quiet_below, args.max_wait)
             reset_peak_rss()
+            load = OtherLoad()
             synchronize(device)
             start = time.perf_counter()
             result = runs[method]()
             synchronize(device)
             seconds[method].append(time.perf_counter() - start)
+            contention[method].append(load.fraction())
             peak[method] = max(peak[method], peak_rss_mb())
             if repeat == 0:
                 outputs[method] = result
             elif result != outputs[method]:
                 log(f"WARNING: {method} gave a different result on repeat {repeat + 1}")
-            log(f"repeat {repeat + 1}/{args.repeats} {method}: {seconds[method][-1]:.2f} s, {rows_of[method] / seconds[method][-1]:.2f} rows/s")
+            log(
+                f"repeat {repeat + 1}/{args.repeats} {method}: {seconds[method][-1]:.2f} s, "
+                f"{rows_of[method] / seconds[method][-1]:.2f} rows/s (other processes: {contention[method][-1]:.0%} of the cores)"
+            )
 
     # Correctness: every method's greedy tokens (or, for run, its ads) against the naive ones.
     reference = dict(zip(naive_index, outputs["naive"]))
@@ -482,7 +499,7 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {_cpu_name()}, {torch.get_num_threads()} threads",
         "settings": {
             "preset": args.preset, **shape, "vocab": work.vocab, "body_params": work.body_params, "dtype": str(dtype).removeprefix("torch."),
-            "rows": args.rows, "naive_rows": len(naive_index), "new_tokens": new, "batch_size": batch_size, "repeats": args.repeats,
+            "rows": args.rows, "description_scale": args.description_scale, "naive_rows": len(naive_index), "new_tokens": new, "batch_size": batch_size, "repeats": args.repeats,
             "seed": args.seed, "lora": "r=16, alpha=32, query_key_value, random", "pipeline_model": "merged",
             "prompt_tokens_mean": statistics.mean(prompt_tokens), "prompt_tokens_min": min(prompt_tokens),
             "prompt_tokens_max": max(prompt_tokens), "instruction_tokens": instruction_tokens, "shared_prefix_tokens": prefix,
@@ -490,6 +507,8 @@ def main(argv=None) -> int:
             "MKL_CBWR": os.environ.get("MKL_CBWR"),
         },
         "seconds": seconds,
+        "other_processes_cpu_share": contention,  # per timed run: the share of the cores others used
+        "seconds_waited_for_quiet": waited,
         "rows_per_s": rate,
         "naive_rows_per_s": rate.get("naive"),
         "pipeline_rows_per_s": rate.get("pipeline"),
@@ -551,13 +570,13 @@ def print_table(results: dict, methods: list[str], rows_of: dict) -> None:
     )
     names = {"naive": "(a) naive: generate per row, unmerged LoRA", "pipeline": "(b) transformers pipeline",
              "adpulse": "(c) adpulse engine (plan + Generator)", "run": "    adpulse run_catalog, end to end"}
-    print(f"{'method':44} {'rows':>5} {'rows/s':>8} {'tokens/s':>9} {'x naive':>8} {'ceiling':>8} {'peak MB':>8} {'same':>8}")
+    print(f"{'method':44} {'rows':>5} {'rows/s':>8} {'tokens/s':>9} {'x naive':>8} {'ceiling':>8} {'peak MB':>8} {'same':>8} {'others':>7}")
     for m in methods:
         rate = results["rows_per_s"][m]
         same = results["same_greedy_output_as_naive"].get(m, "ref")
         print(
             f"{names[m]:44} {rows_of[m]:>5} {rate:>8.2f} {rate * s['new_tokens']:>9.1f} {rate / results['naive_rows_per_s']:>7.2f}x "
-            f"{results['ceiling_fraction'][m]:>7.1%} {results['peak_rss_mb_by_method'][m]:>8.0f} {same:>8}"
+            f"{results['ceiling_fraction'][m]:>7.1%} {results['peak_rss_mb_by_method'][m]:>8.0f} {same:>8} {max(results['other_processes_cpu_share'][m]):>6.0%}"
         )
     if results["speedup_vs_pipeline"] is not None:
         print(f"speedup_vs_naive {results['speedup_vs_naive']:.2f}, speedup_vs_pipeline {results['speedup_vs_pipeline']:.2f}; "
