@@ -5,9 +5,10 @@
 
 (a) naive: one `generate` per row through an unmerged PeftModel, as the original notebook did;
 (b) pipeline: transformers' `pipeline("text-generation", batch_size=B)` over the merged model;
-(c) adpulse: the library path `run` takes (prompt planning, then `Generator.generate` over the
-    model `load_model` loads and merges); also `run`: `run_catalog` end to end, file in, file
-    out, model loading included.
+(c) adpulse: the library path `run` takes (prompts rendered and tokenized, then
+    `Generator.generate` over the model `load_model` loads and merges); also `run`:
+    `run_catalog` end to end, CSV file in, CSV file out, model loading included (skipped
+    where pyarrow is not installed).
 
 All methods see the same rows, model, adapter and greedy settings and generate exactly
 --new-tokens tokens per row (min_new_tokens = max_new_tokens, so nobody wins by stopping
@@ -183,21 +184,16 @@ def pipeline_tokens(pipe, texts: list[str], new_tokens: int, batch_size: int) ->
     return [o[0]["generated_token_ids"][-new_tokens:] for o in outputs]
 
 
-def adpulse(generator, planner, catalog: list[tuple[str, str]], batch_size: int) -> list[list[int]]:
-    """What `run` does for a chunk of rows, without the files: plan (render, dedupe,
-    tokenize), then generate; returns each row's generated token ids."""
-    import pyarrow as pa
+def adpulse(generator, template, tokenizer, catalog: list[tuple[str, str]], batch_size: int) -> list[list[int]]:
+    """What `run` does with a chunk of rows once it is read: render and tokenize the prompts
+    (in one tokenizer call, as its planner does), then generate; returns each row's token ids.
+    (The planner itself needs pyarrow, which a bare GPU machine may lack; `run` below is the
+    whole command, files and all.)"""
+    from adpulse_batch.prompts import Prompt
 
-    from adpulse_batch.catalog import Chunk
-
-    chunk = Chunk(0, table=pa.table({"product": [p for p, _ in catalog], "description": [d for _, d in catalog]}))
-    plan = planner.plan(chunk)
-    generations = generator.generate([p.prompt for p in plan.prompts], batch_size=batch_size)
-    out: list[list[int] | None] = [None] * len(catalog)
-    for planned, variants in zip(plan.prompts, generations):
-        for row in planned.rows:
-            out[row] = list(variants[0].ids)
-    return out
+    texts = [template.render(p, d) for p, d in catalog]
+    prompts = [Prompt(t, ids) for t, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])]
+    return [list(variants[0].ids) for variants in generator.generate(prompts, batch_size=batch_size)]
 
 
 def run_end_to_end(catalog_csv: Path, out_dir: Path, model_dir: Path, adapter_dir: Path, args, batch_size: int) -> list[str]:
@@ -380,11 +376,16 @@ def main(argv=None) -> int:
 
     from adpulse_batch.generate import Generator, clean_ad
     from adpulse_batch.model import load_model, resolve_device, resolve_dtype
-    from adpulse_batch.plan import Planner
     from adpulse_batch.prompts import Template
     from adpulse_batch.settings import GenerationSettings, ModelSettings, RunSettings
 
     hf_logging.set_verbosity_error()
+    if "run" in args.methods:
+        try:
+            import pyarrow  # noqa: F401  (run reads and writes catalogs with it)
+        except ImportError:
+            log("pyarrow is not installed: leaving out `run` (end to end); the engine (c) does not need it")
+            args.methods.remove("run")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     batch_size = args.batch_size or RunSettings(input=Path("x.csv")).batch_size
@@ -416,7 +417,6 @@ def main(argv=None) -> int:
     unmerged = load_unmerged(model_dir, adapter_dir, device=device, dtype=dtype)
     generation = GenerationSettings(max_new_tokens=new, min_new_tokens=new)
     generator = Generator(merged, template, generation)
-    planner = Planner(template, tokenizer, "product", "description", RunSettings(input=Path("x.csv")).max_prompt_tokens)
     pipe = pipeline("text-generation", model=merged.model, tokenizer=tokenizer)
 
     step = max(1, round(args.rows / args.naive_rows)) if args.naive_rows else 1
@@ -424,14 +424,14 @@ def main(argv=None) -> int:
     runs = {
         "naive": lambda: naive(unmerged, tokenizer, [texts[i] for i in naive_index], new),
         "pipeline": lambda: pipeline_tokens(pipe, texts, new, batch_size),
-        "adpulse": lambda: adpulse(generator, planner, catalog, batch_size),
+        "adpulse": lambda: adpulse(generator, template, tokenizer, catalog, batch_size),
         "run": lambda: run_end_to_end(catalog_csv, work_dir, model_dir, adapter_dir, args, batch_size),
     }
     rows_of = {m: (len(naive_index) if m == "naive" else args.rows) for m in METHODS}
     warmups = {
         "naive": lambda: naive(unmerged, tokenizer, texts[:2], new),
         "pipeline": lambda: pipeline_tokens(pipe, texts[:batch_size], new, batch_size),
-        "adpulse": lambda: adpulse(generator, planner, catalog[:batch_size], batch_size),
+        "adpulse": lambda: adpulse(generator, template, tokenizer, catalog[:batch_size], batch_size),
         "run": lambda: None,  # run loads its model every time; its timing includes that
     }
 
@@ -445,6 +445,8 @@ def main(argv=None) -> int:
     outputs: dict[str, list] = {}
     contention: dict[str, list[float]] = {m: [] for m in args.methods}
     waited = 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     for repeat in range(args.repeats):
         for method in args.methods:
             waited += wait_for_quiet(args.quiet_below, args.max_wait)
@@ -526,6 +528,7 @@ def main(argv=None) -> int:
         "adpulse_executed_gflop": executed / 1e9,
         "peak_rss_mb": peak_rss_process_mb(),
         "peak_rss_mb_by_method": peak,
+        "gpu_peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         "same_greedy_output_as_naive": {m: f"{agreement[m]}/{len(naive_index)}" for m in agreement},
         "distinct_naive_outputs": distinct,
     }
@@ -569,7 +572,7 @@ def print_table(results: dict, methods: list[str], rows_of: dict) -> None:
         f"instruction {s['instruction_tokens']}), median of {s['repeats']}; matmul ceiling {results['matmul_ceiling_gflops']:.1f} GFLOP/s"
     )
     names = {"naive": "(a) naive: generate per row, unmerged LoRA", "pipeline": "(b) transformers pipeline",
-             "adpulse": "(c) adpulse engine (plan + Generator)", "run": "    adpulse run_catalog, end to end"}
+             "adpulse": "(c) adpulse engine (tokenize + Generator)", "run": "    adpulse run_catalog, end to end"}
     print(f"{'method':44} {'rows':>5} {'rows/s':>8} {'tokens/s':>9} {'x naive':>8} {'ceiling':>8} {'peak MB':>8} {'same':>8} {'others':>7}")
     for m in methods:
         rate = results["rows_per_s"][m]
