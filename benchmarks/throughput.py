@@ -285,12 +285,11 @@ def matmul_rate(device, dtype, seconds: float) -> dict:
     n = 4096 if device.type == "cuda" else 2048
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
+    a @ b
     synchronize(device)
     rates = []
     deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or len(rates) < 5:
+    while time.perf_counter() < deadline or len(rates) < 3:
         start = time.perf_counter()
         for _ in range(10 if device.type == "cuda" else 1):
             a @ b
@@ -371,7 +370,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
     from adpulse_batch.generate import Generator, clean_ad
@@ -417,7 +415,11 @@ def main(argv=None) -> int:
     unmerged = load_unmerged(model_dir, adapter_dir, device=device, dtype=dtype)
     generation = GenerationSettings(max_new_tokens=new, min_new_tokens=new)
     generator = Generator(merged, template, generation)
-    pipe = pipeline("text-generation", model=merged.model, tokenizer=tokenizer)
+    pipe = None
+    if "pipeline" in args.methods:
+        from transformers import pipeline
+
+        pipe = pipeline("text-generation", model=merged.model, tokenizer=tokenizer)
 
     step = max(1, round(args.rows / args.naive_rows)) if args.naive_rows else 1
     naive_index = list(range(0, args.rows, step))

@@ -20,13 +20,14 @@ def test_throughput_benchmark_runs_and_checks_the_text(tmp_path):
     throughput = load_throughput()
     out = tmp_path / "result.json"
     code = throughput.main([
-        "--preset", "micro", "--rows", "6", "--new-tokens", "3", "--repeats", "1", "--methods", "naive,pipeline,adpulse",
+        "--preset", "micro", "--rows", "6", "--new-tokens", "3", "--repeats", "1", "--methods", "naive,adpulse",
         "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
     ])
     result = json.loads(out.read_text())
     assert code == 0
     assert result["same_greedy_output_as_naive"]["adpulse"] == "6/6"
-    for key in ("naive_rows_per_s", "pipeline_rows_per_s", "adpulse_rows_per_s", "speedup_vs_naive", "speedup_vs_pipeline",
-                "new_tokens_per_s", "peak_rss_mb", "device", "settings", "adpulse_ceiling_fraction"):
+    # (The pipeline row is left out here: importing transformers.pipelines alone takes seconds.)
+    for key in ("naive_rows_per_s", "adpulse_rows_per_s", "speedup_vs_naive", "new_tokens_per_s", "peak_rss_mb", "device",
+                "settings", "adpulse_ceiling_fraction"):
         assert result[key] is not None, key
     assert result["settings"]["prompt_tokens_mean"] > 50  # a realistic tokenizer, not one token per byte
