@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import random
-import re
 import statistics
 import sys
 import tempfile
