@@ -34,6 +34,7 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -369,6 +370,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    work_dir = Path(tempfile.mkdtemp(prefix="adpulse-bench-"))
+    try:
+        return measure(args, work_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)  # the model files (3.4 GB for bloom-1b7 in bf16)
+
+
+def measure(args, work_dir: Path) -> int:
+    """Build the model, adapter, tokenizer and catalog in `work_dir`, time every method,
+    print the table and write the JSON; the exit code."""
     from transformers.utils import logging as hf_logging
 
     from adpulse_batch.generate import Generator, clean_ad
@@ -400,7 +411,6 @@ def main(argv=None) -> int:
     instruction_tokens = len(tokenizer(template.prefix.split("\n\n")[0], add_special_tokens=False)["input_ids"])
     log(f"instruction {instruction_tokens} tokens; prompts {min(prompt_tokens)}-{max(prompt_tokens)}, mean {statistics.mean(prompt_tokens):.1f}")
 
-    work_dir = Path(tempfile.mkdtemp(prefix="adpulse-bench-"))
     log(f"building a random {args.preset} BLOOM ({shape}) and LoRA adapter in {work_dir} ({device}, {dtype})")
     model_dir, adapter_dir = build_model(work_dir, tokenizer, shape, device=device, dtype=dtype, seed=args.seed)
     catalog_csv = work_dir / "catalog.csv"
