@@ -30,6 +30,7 @@ class Generation:
     text: str
     new_tokens: int
     finish: str  # "eos", "stop" (a new ### section) or "length" (hit --max-new-tokens)
+    ids: tuple[int, ...] = ()  # the generated token ids, EOS excluded (benchmarks compare them)
 
 
 class Generator:
@@ -160,6 +161,7 @@ class Generator:
                 text=clean_ad(self.tokenizer.decode(tokens[b], skip_special_tokens=True), cut=finish[b] == "length", max_chars=settings.max_chars),
                 new_tokens=len(tokens[b]) + (finish[b] == "eos"),
                 finish=finish[b],
+                ids=tuple(tokens[b]),
             )
             for b in range(batch)
         ]

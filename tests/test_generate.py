@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from adpulse_batch import bloom as bloom_module
 from adpulse_batch.bloom import Bloom, attention_bias
 from adpulse_batch.generate import Generator, clean_ad
 from adpulse_batch.model import load_model
@@ -91,6 +92,17 @@ def test_shared_prefix_changes_nothing(loaded, prompts):
     with_prefix = g.generate(prompts, batch_size=4)
     g.prefix = None
     assert g.generate(prompts, batch_size=4) == with_prefix
+
+
+def test_a_float32_cache_gives_the_same_ads(loaded, prompts, monkeypatch):
+    # Small caches are float64 (no conversion per step); large ones stay float32 and are
+    # converted as attention reads them. Attention sees the same values either way.
+    g = generator(loaded, max_new_tokens=16)
+    assert g.bloom.new_cache(4, 8).keys[0].dtype == torch.float64
+    in_float64 = g.generate(prompts, batch_size=4)
+    monkeypatch.setattr(bloom_module, "FLOAT64_CACHE_BYTES", 0)
+    assert g.bloom.new_cache(4, 8).keys[0].dtype == torch.float32
+    assert g.generate(prompts, batch_size=4) == in_float64
 
 
 def scripted(g, text, then=()):

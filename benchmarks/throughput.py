@@ -1,0 +1,602 @@
+"""Throughput of three ways to write ads for the same catalog, measured side by side.
+
+    python benchmarks/throughput.py                      # CPU preset: hidden 512, 6 layers
+    python benchmarks/throughput.py --preset bloom-1b7   # the real bloom-1b7 shape (for a GPU)
+
+(a) naive: one `generate` per row through an unmerged PeftModel, as the original notebook did;
+(b) pipeline: transformers' `pipeline("text-generation", batch_size=B)` over the merged model;
+(c) adpulse: the library path `run` takes (prompts rendered and tokenized, then
+    `Generator.generate` over the model `load_model` loads and merges); also `run`:
+    `run_catalog` end to end, CSV file in, CSV file out, model loading included (skipped
+    where pyarrow is not installed).
+
+All methods see the same rows, model, adapter and greedy settings and generate exactly
+--new-tokens tokens per row (min_new_tokens = max_new_tokens, so nobody wins by stopping
+early). Nothing is downloaded: the model has random weights from a config, the LoRA adapter
+is random, the tokenizer is a byte-level BPE trained here on the prompt template and
+catalog-like prose (so prompts have realistic token counts), and the catalog is synthetic
+with product and description lengths drawn from sample_catalogs/catalog.csv.
+
+Each method runs once untimed (warm-up), then --repeats times, interleaved so that noise from
+other jobs on the machine hits every method alike; medians are reported. The greedy tokens of
+every method are compared with the naive ones: a benchmark of a wrong answer is worthless.
+The table goes to stdout, progress to stderr, everything to the --json file.
+"""
+
+from __future__ import annotations
+
+import adpulse_batch  # noqa: F401  (sets MKL's reproducible mode before torch loads)
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_CATALOG = REPO / "sample_catalogs" / "catalog.csv"
+
+# vocab None: the benchmark tokenizer's own size. A larger vocab (bloom-1b7's 250,880) keeps
+# the real LM-head cost; ids the tokenizer lacks get zero output weights so greedy never picks them.
+PRESETS = {
+    "micro": dict(hidden=64, layers=2, heads=4, vocab=None),
+    "cpu": dict(hidden=512, layers=6, heads=8, vocab=None),
+    "bloom-1b7": dict(hidden=2048, layers=24, heads=16, vocab=250_880),
+}
+# Descriptions longer than this are left out of the length distribution: the sample catalog
+# holds one 333-word row on purpose (to test truncation), which would make every batch that
+# draws it a 256-token batch and the benchmark a test of padding.
+MAX_DESCRIPTION_WORDS = 64
+METHODS = ("naive", "pipeline", "adpulse", "run")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+def sample_rows() -> list[tuple[str, str]]:
+    with open(SAMPLE_CATALOG, newline="", encoding="utf-8") as handle:
+        return [(r["product_name"].strip(), r["description"].strip()) for r in csv.DictReader(handle)]
+
+
+def synthetic_catalog(rows: int, seed: int, description_scale: float = 1.0) -> list[tuple[str, str]]:
+    """(product, description) pairs: word counts drawn from the sample catalog's (description
+    counts times `description_scale`), words drawn (with their punctuation) from its text and
+    the test model's product prose."""
+    from adpulse_batch.testmodel import _PROSE
+
+    sample = sample_rows()
+    name_lengths = [len(p.split()) for p, _ in sample if p]
+    description_lengths = [len(d.split()) for _, d in sample if len(d.split()) <= MAX_DESCRIPTION_WORDS]
+    name_words = [w for p, _ in sample for w in p.split()]
+    prose_words = [w for _, d in sample for w in d.split()] + _PROSE.split()
+    rng = random.Random(seed)
+    catalog = []
+    for _ in range(rows):
+        name = " ".join(rng.choice(name_words) for _ in range(rng.choice(name_lengths))).title()
+        words = round(rng.choice(description_lengths) * description_scale)
+        description = " ".join(rng.choice(prose_words) for _ in range(words))
+        catalog.append((name, description[:1].upper() + description[1:]))
+    return catalog
+
+
+def train_tokenizer(seed: int):
+    """A byte-level BPE with BLOOM's special-token layout, trained on the template, the sample
+    catalog, the test prose and a synthetic catalog drawn independently of the benchmark's."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from adpulse_batch.prompts import DEFAULT_TEMPLATE_TEXT
+    from adpulse_batch.testmodel import _PROSE, SPECIAL_TOKENS
+
+    corpus = [DEFAULT_TEMPLATE_TEXT] * 20 + [f"{p}: {d}" for p, d in sample_rows()] * 5 + _PROSE.splitlines() * 5
+    corpus += [f"{p}: {d}" for p, d in synthetic_catalog(5000, seed + 1)]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=8192, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    bpe.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
+    )
+
+
+# --- model -----------------------------------------------------------------------------
+
+
+def build_model(directory: Path, tokenizer, shape: dict, *, device, dtype, seed: int) -> tuple[Path, Path]:
+    """Write a random BLOOM of `shape` and a random LoRA adapter (r=16, alpha=32 on
+    query_key_value, as the original) to `directory`; returns (model_dir, adapter_dir)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BloomConfig, BloomForCausalLM
+
+    vocab = shape["vocab"] or len(tokenizer)
+    if vocab < len(tokenizer):
+        raise SystemExit(f"--vocab {vocab} is smaller than the benchmark tokenizer ({len(tokenizer)} tokens)")
+    config = BloomConfig(
+        vocab_size=vocab, hidden_size=shape["hidden"], n_layer=shape["layers"], n_head=shape["heads"],
+        bos_token_id=1, eos_token_id=2, pad_token_id=3,
+    )
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = BloomForCausalLM(config).to(dtype).eval()
+    with torch.no_grad():  # tied with the LM head: ids the tokenizer lacks score 0, never the argmax
+        model.transformer.word_embeddings.weight[len(tokenizer) :] = 0
+    model_dir, adapter_dir = directory / "model", directory / "adapter"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    torch.manual_seed(seed + 1)
+    lora = LoraConfig(
+        r=16, lora_alpha=32, target_modules=["query_key_value"], lora_dropout=0.05, bias="none",
+        task_type="CAUSAL_LM", init_lora_weights=False,  # random, not the identity: the adapter changes the output
+    )
+    get_peft_model(model, lora).save_pretrained(adapter_dir)
+    del model
+    return model_dir, adapter_dir
+
+
+def load_unmerged(model_dir: Path, adapter_dir: Path, *, device, dtype):
+    """The original notebook's model: base weights with the LoRA adapter applied on the fly."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, device_map=str(device))
+    return PeftModel.from_pretrained(base, adapter_dir).eval()
+
+
+# --- the methods -------------------------------------------------------------------------
+
+
+def naive(model, tokenizer, texts: list[str], new_tokens: int) -> list[list[int]]:
+    out = []
+    with torch.inference_mode():
+        for text in texts:
+            batch = tokenizer(text, return_tensors="pt").to(model.device)
+            sequence = model.generate(
+                **batch, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            )
+            out.append(sequence[0, batch["input_ids"].shape[1] :].tolist())
+    return out
+
+
+def pipeline_tokens(pipe, texts: list[str], new_tokens: int, batch_size: int) -> list[list[int]]:
+    outputs = pipe(
+        texts, batch_size=batch_size, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+        return_tensors=True, pad_token_id=pipe.tokenizer.pad_token_id,
+    )
+    # Each sequence is the (padded) prompt then exactly new_tokens new ones.
+    return [o[0]["generated_token_ids"][-new_tokens:] for o in outputs]
+
+
+def adpulse(generator, template, tokenizer, catalog: list[tuple[str, str]], batch_size: int) -> list[list[int]]:
+    """What `run` does with a chunk of rows once it is read: render and tokenize the prompts
+    (in one tokenizer call, as its planner does), then generate; returns each row's token ids.
+    (The planner itself needs pyarrow, which a bare GPU machine may lack; `run` below is the
+    whole command, files and all.)"""
+    from adpulse_batch.prompts import Prompt
+
+    texts = [template.render(p, d) for p, d in catalog]
+    prompts = [Prompt(t, ids) for t, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])]
+    return [list(variants[0].ids) for variants in generator.generate(prompts, batch_size=batch_size)]
+
+
+def run_end_to_end(catalog_csv: Path, out_dir: Path, model_dir: Path, adapter_dir: Path, args, batch_size: int) -> list[str]:
+    """`run_catalog`, as `adpulse-batch run` calls it; returns the ad column."""
+    from adpulse_batch.run import run_catalog
+    from adpulse_batch.settings import GenerationSettings, ModelSettings, RunSettings
+
+    output = out_dir / "ads.csv"
+    settings = RunSettings(
+        input=catalog_csv, output=output,
+        model=ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device=args.device, dtype=args.dtype),
+        generation=GenerationSettings(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens),
+        batch_size=batch_size, quiet=True,
+    )
+    run_catalog(settings)
+    with open(output, newline="", encoding="utf-8") as handle:
+        return [r["ad_copy"] for r in csv.DictReader(handle)]
+
+
+# --- measuring -------------------------------------------------------------------------
+
+
+def reset_peak_rss() -> None:
+    try:  # Linux: "5" resets the peak resident set size of this process
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mb() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _busy_jiffies() -> tuple[int, int]:
+    """(CPU time of the whole machine, of this process), in clock ticks."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(values) - values[3] - values[4], int(own[11]) + int(own[12])
+
+
+class OtherLoad:
+    """How busy other processes kept the machine's cores (0: idle, 1: all cores busy).
+    This machine is shared; a figure measured while others ran is marked as such."""
+
+    def __init__(self):
+        self.hz, self.cores = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, (self.busy, self.own) = time.monotonic(), _busy_jiffies()
+
+    def fraction(self) -> float:
+        busy, own = _busy_jiffies()
+        elapsed = max(time.monotonic() - self.start, 1e-3)
+        return max(0.0, ((busy - self.busy) - (own - self.own)) / (elapsed * self.hz * self.cores))
+
+
+def wait_for_quiet(threshold: float, max_wait: float) -> float:
+    """Wait (at most `max_wait` s) until other processes use under `threshold` of the
+    machine for two seconds running; returns the seconds waited."""
+    if threshold >= 1 or not Path("/proc/stat").exists():
+        return 0.0
+    started, quiet = time.monotonic(), 0
+    load = OtherLoad()
+    while time.monotonic() - started < max_wait:
+        load.reset()
+        time.sleep(1.0)
+        quiet = quiet + 1 if load.fraction() < threshold else 0
+        if quiet >= 2:
+            break
+    return time.monotonic() - started
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_rate(device, dtype, seconds: float) -> dict:
+    """FLOP/s of a large square matmul in the benchmark's dtype: the machine's ceiling."""
+    n = 4096 if device.type == "cuda" else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    synchronize(device)
+    rates = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(rates) < 3:
+        start = time.perf_counter()
+        for _ in range(10 if device.type == "cuda" else 1):
+            a @ b
+        synchronize(device)
+        rates.append((10 if device.type == "cuda" else 1) * 2 * n**3 / (time.perf_counter() - start))
+    return {"n": n, "best_flops": max(rates), "median_flops": statistics.median(rates), "samples": len(rates)}
+
+
+@dataclass
+class Work:
+    """FLOPs of the model per row: 2 x weights per token through the layers, 2 x vocab x
+    hidden per token whose logits are computed, 4 x hidden per layer per (query, key) pair."""
+
+    body_params: int
+    hidden: int
+    layers: int
+    vocab: int
+
+    def attention(self, queries: int, keys: int) -> int:
+        return 4 * self.hidden * self.layers * queries * keys
+
+    def useful(self, prompt: int, new: int) -> int:
+        """The work of one row alone, prompt recomputed in full, no padding (the same
+        figure for every method, so each method's fraction of the ceiling compares)."""
+        fed = prompt + new - 1  # the last new token is never fed back
+        causal_pairs = fed * (fed + 1) // 2
+        return 2 * self.body_params * fed + 2 * self.vocab * self.hidden * new + self.attention(1, causal_pairs)
+
+    def adpulse_executed(self, prefix: int, tails: list[int], new: int, batch_size: int) -> int:
+        """What the engine computes: the shared prefix once, then per length-sorted batch the
+        padded tails (attention over every slot up to the prompt end) and the decode steps."""
+        total = 2 * self.body_params * prefix + self.attention(1, prefix * (prefix + 1) // 2)
+        tails = sorted(tails, reverse=True)
+        for first in range(0, len(tails), batch_size):
+            batch = tails[first : first + batch_size]
+            rows, width = len(batch), batch[0]
+            total += rows * (2 * self.body_params * width + self.attention(width, prefix + width))
+            total += rows * sum(2 * self.body_params + self.attention(1, prefix + width + step + 1) for step in range(new - 1))
+            total += rows * new * 2 * self.vocab * self.hidden
+        return total
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# --- main ------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model shape (default: cpu, hidden 512 x 6 layers)")
+    parser.add_argument("--vocab", type=int, help="override the preset's vocabulary size")
+    parser.add_argument("--rows", type=int, default=256, help="catalog rows (default 256)")
+    parser.add_argument("--naive-rows", type=int, help="run (a) naive on every k-th row only, about this many (default: all rows)")
+    parser.add_argument(
+        "--description-scale", type=float, default=1.0,
+        help="multiply the sample catalog's description lengths (2.5 gives prompts of about 95 tokens; default 1: about 70)",
+    )
+    parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row, exactly (default 32)")
+    parser.add_argument("--batch-size", type=int, help="batch size of (b) and (c) (default: run's --batch-size default)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each method; medians are reported (default 3)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="auto: float32 on CPU, bf16 on GPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ceiling-seconds", type=float, default=5.0, help="time spent measuring the matmul ceiling")
+    parser.add_argument("--quiet-below", type=float, default=0.1, help="before each timed run, wait until other processes use less than this share of the cores (1: never wait)")
+    parser.add_argument("--max-wait", type=float, default=300.0, help="longest wait for a quiet machine before a timed run, in seconds")
+    parser.add_argument("--json", type=Path, help="write the results here (default: throughput-<preset>-<device>.json)")
+    args = parser.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown or "naive" not in args.methods:
+        parser.error(f"--methods takes {', '.join(METHODS)} and must include naive (the reference): got {args.methods}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work_dir = Path(tempfile.mkdtemp(prefix="adpulse-bench-"))
+    try:
+        return measure(args, work_dir)
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)  # the model files (3.4 GB for bloom-1b7 in bf16)
+
+
+def measure(args, work_dir: Path) -> int:
+    """Build the model, adapter, tokenizer and catalog in `work_dir`, time every method,
+    print the table and write the JSON; the exit code."""
+    from transformers.utils import logging as hf_logging
+
+    from adpulse_batch.generate import Generator, clean_ad
+    from adpulse_batch.model import load_model, resolve_device, resolve_dtype
+    from adpulse_batch.prompts import Template
+    from adpulse_batch.settings import GenerationSettings, ModelSettings, RunSettings
+
+    hf_logging.set_verbosity_error()
+    if "run" in args.methods:
+        try:
+            import pyarrow  # noqa: F401  (run reads and writes catalogs with it)
+        except ImportError:
+            log("pyarrow is not installed: leaving out `run` (end to end); the engine (c) does not need it")
+            args.methods.remove("run")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    batch_size = args.batch_size or RunSettings(input=Path("x.csv")).batch_size
+    shape = dict(PRESETS[args.preset])
+    if args.vocab:
+        shape["vocab"] = args.vocab
+    new = args.new_tokens
+
+    log(f"training the benchmark tokenizer; {args.rows} synthetic rows")
+    tokenizer = train_tokenizer(args.seed)
+    catalog = synthetic_catalog(args.rows, args.seed, args.description_scale)
+    template = Template()
+    texts = [template.render(p, d) for p, d in catalog]
+    prompt_tokens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    instruction_tokens = len(tokenizer(template.prefix.split("\n\n")[0], add_special_tokens=False)["input_ids"])
+    log(f"instruction {instruction_tokens} tokens; prompts {min(prompt_tokens)}-{max(prompt_tokens)}, mean {statistics.mean(prompt_tokens):.1f}")
+
+    log(f"building a random {args.preset} BLOOM ({shape}) and LoRA adapter in {work_dir} ({device}, {dtype})")
+    model_dir, adapter_dir = build_model(work_dir, tokenizer, shape, device=device, dtype=dtype, seed=args.seed)
+    catalog_csv = work_dir / "catalog.csv"
+    with open(catalog_csv, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["product", "description"])
+        writer.writerows(catalog)
+
+    model_settings = ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device=args.device, dtype=args.dtype)
+    merged = load_model(model_settings, device=device, tokenizer=tokenizer)
+    unmerged = load_unmerged(model_dir, adapter_dir, device=device, dtype=dtype)
+    generation = GenerationSettings(max_new_tokens=new, min_new_tokens=new)
+    generator = Generator(merged, template, generation)
+    pipe = None
+    if "pipeline" in args.methods:
+        from transformers import pipeline
+
+        pipe = pipeline("text-generation", model=merged.model, tokenizer=tokenizer)
+
+    step = max(1, round(args.rows / args.naive_rows)) if args.naive_rows else 1
+    naive_index = list(range(0, args.rows, step))
+    runs = {
+        "naive": lambda: naive(unmerged, tokenizer, [texts[i] for i in naive_index], new),
+        "pipeline": lambda: pipeline_tokens(pipe, texts, new, batch_size),
+        "adpulse": lambda: adpulse(generator, template, tokenizer, catalog, batch_size),
+        "run": lambda: run_end_to_end(catalog_csv, work_dir, model_dir, adapter_dir, args, batch_size),
+    }
+    rows_of = {m: (len(naive_index) if m == "naive" else args.rows) for m in METHODS}
+    warmups = {
+        "naive": lambda: naive(unmerged, tokenizer, texts[:2], new),
+        "pipeline": lambda: pipeline_tokens(pipe, texts[:batch_size], new, batch_size),
+        "adpulse": lambda: adpulse(generator, template, tokenizer, catalog[:batch_size], batch_size),
+        "run": lambda: None,  # run loads its model every time; its timing includes that
+    }
+
+    wait_for_quiet(args.quiet_below, args.max_wait)
+    ceiling = matmul_rate(device, dtype, args.ceiling_seconds)
+    log(f"matmul ceiling: {ceiling['best_flops'] / 1e9:.1f} GFLOP/s best, {ceiling['median_flops'] / 1e9:.1f} median ({dtype}, n={ceiling['n']})")
+    for method in args.methods:
+        warmups[method]()
+    seconds: dict[str, list[float]] = {m: [] for m in args.methods}
+    peak: dict[str, float] = {m: 0.0 for m in args.methods}
+    outputs: dict[str, list] = {}
+    contention: dict[str, list[float]] = {m: [] for m in args.methods}
+    waited = 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for repeat in range(args.repeats):
+        for method in args.methods:
+            waited += wait_for_quiet(args.quiet_below, args.max_wait)
+            reset_peak_rss()
+            load = OtherLoad()
+            synchronize(device)
+            start = time.perf_counter()
+            result = runs[method]()
+            synchronize(device)
+            seconds[method].append(time.perf_counter() - start)
+            contention[method].append(load.fraction())
+            peak[method] = max(peak[method], peak_rss_mb())
+            if repeat == 0:
+                outputs[method] = result
+            elif result != outputs[method]:
+                log(f"WARNING: {method} gave a different result on repeat {repeat + 1}")
+            log(
+                f"repeat {repeat + 1}/{args.repeats} {method}: {seconds[method][-1]:.2f} s, "
+                f"{rows_of[method] / seconds[method][-1]:.2f} rows/s (other processes: {contention[method][-1]:.0%} of the cores)"
+            )
+
+    # Correctness: every method's greedy tokens (or, for run, its ads) against the naive ones.
+    reference = dict(zip(naive_index, outputs["naive"]))
+    agreement = {}
+    for method in args.methods:
+        if method == "naive":
+            continue
+        if method == "run":
+            expected = [clean_ad(tokenizer.decode(reference[i], skip_special_tokens=True), cut=True) for i in naive_index]
+            got = [outputs["run"][i] for i in naive_index]
+        else:
+            expected = [reference[i] for i in naive_index]
+            got = [outputs[method][i] for i in naive_index]
+        agreement[method] = sum(e == g for e, g in zip(expected, got))
+    distinct = len({tuple(t) for t in outputs["naive"]})
+
+    work = Work(
+        body_params=sum(p.numel() for p in merged.model.transformer.h.parameters()),
+        hidden=shape["hidden"], layers=shape["layers"], vocab=merged.model.config.vocab_size,
+    )
+    useful = sum(work.useful(n, new) for n in prompt_tokens)
+    prefix = len(generator.prefix.ids) if generator.prefix is not None else 0
+    tails = [generator._tail_length(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    executed = work.adpulse_executed(prefix, tails, new, batch_size)
+    naive_useful = sum(work.useful(prompt_tokens[i], new) for i in naive_index)
+
+    rate = {m: rows_of[m] / median(seconds[m]) for m in args.methods}
+    useful_of = {m: (naive_useful if m == "naive" else useful) for m in args.methods}
+    fraction = {m: useful_of[m] / median(seconds[m]) / ceiling["best_flops"] for m in args.methods}
+    results = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {_cpu_name()}, {torch.get_num_threads()} threads",
+        "settings": {
+            "preset": args.preset, **shape, "vocab": work.vocab, "body_params": work.body_params, "dtype": str(dtype).removeprefix("torch."),
+            "rows": args.rows, "description_scale": args.description_scale, "naive_rows": len(naive_index), "new_tokens": new, "batch_size": batch_size, "repeats": args.repeats,
+            "seed": args.seed, "lora": "r=16, alpha=32, query_key_value, random", "pipeline_model": "merged",
+            "prompt_tokens_mean": statistics.mean(prompt_tokens), "prompt_tokens_min": min(prompt_tokens),
+            "prompt_tokens_max": max(prompt_tokens), "instruction_tokens": instruction_tokens, "shared_prefix_tokens": prefix,
+            "tokenizer_vocab": len(tokenizer), "torch": torch.__version__, "python": platform.python_version(),
+            "MKL_CBWR": os.environ.get("MKL_CBWR"),
+        },
+        "seconds": seconds,
+        "other_processes_cpu_share": contention,  # per timed run: the share of the cores others used
+        "seconds_waited_for_quiet": waited,
+        "rows_per_s": rate,
+        "naive_rows_per_s": rate.get("naive"),
+        "pipeline_rows_per_s": rate.get("pipeline"),
+        "adpulse_rows_per_s": rate.get("adpulse"),
+        "run_rows_per_s": rate.get("run"),
+        "speedup_vs_naive": rate["adpulse"] / rate["naive"] if "adpulse" in rate else None,
+        "speedup_vs_pipeline": rate["adpulse"] / rate["pipeline"] if {"adpulse", "pipeline"} <= set(rate) else None,
+        "new_tokens_per_s": rate["adpulse"] * new if "adpulse" in rate else None,
+        "matmul_ceiling_gflops": ceiling["best_flops"] / 1e9,
+        "matmul_median_gflops": ceiling["median_flops"] / 1e9,
+        "ceiling_fraction": fraction,
+        "adpulse_ceiling_fraction": fraction.get("adpulse"),
+        "adpulse_executed_ceiling_fraction": executed / median(seconds["adpulse"]) / ceiling["best_flops"] if "adpulse" in rate else None,
+        "useful_gflop": useful / 1e9,
+        "adpulse_executed_gflop": executed / 1e9,
+        "peak_rss_mb": peak_rss_process_mb(),
+        "peak_rss_mb_by_method": peak,
+        "gpu_peak_allocated_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
+        "same_greedy_output_as_naive": {m: f"{agreement[m]}/{len(naive_index)}" for m in agreement},
+        "distinct_naive_outputs": distinct,
+    }
+    print_table(results, args.methods, rows_of)
+    path = args.json or Path(f"throughput-{args.preset}-{device.type}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    log(f"wrote {path}")
+    exact = dtype == torch.float32
+    wrong = [m for m in agreement if agreement[m] != len(naive_index)]
+    if wrong:
+        # In float32 on CPU the outputs must agree exactly; in half precision padding and
+        # batching can flip near-ties, so a disagreement is reported, not fatal.
+        log(f"{'ERROR' if exact else 'note'}: {', '.join(wrong)} did not reproduce every naive greedy output")
+        return 1 if exact and {"adpulse", "run"} & set(wrong) else 0
+    return 0
+
+
+def peak_rss_process_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def print_table(results: dict, methods: list[str], rows_of: dict) -> None:
+    s = results["settings"]
+    print(
+        f"{results['date']}  {results['device']}  {s['preset']} (hidden {s['hidden']}, {s['layers']} layers, vocab {s['vocab']}, "
+        f"{s['dtype']})\n{s['rows']} rows, {s['new_tokens']} new tokens each, batch {s['batch_size']}, "
+        f"prompt tokens mean {s['prompt_tokens_mean']:.1f} (min {s['prompt_tokens_min']}, max {s['prompt_tokens_max']}; "
+        f"instruction {s['instruction_tokens']}), median of {s['repeats']}; matmul ceiling {results['matmul_ceiling_gflops']:.1f} GFLOP/s"
+    )
+    names = {"naive": "(a) naive: generate per row, unmerged LoRA", "pipeline": "(b) transformers pipeline",
+             "adpulse": "(c) adpulse engine (tokenize + Generator)", "run": "    adpulse run_catalog, end to end"}
+    print(f"{'method':44} {'rows':>5} {'rows/s':>8} {'tokens/s':>9} {'x naive':>8} {'ceiling':>8} {'peak MB':>8} {'same':>8} {'others':>7}")
+    for m in methods:
+        rate = results["rows_per_s"][m]
+        same = results["same_greedy_output_as_naive"].get(m, "ref")
+        print(
+            f"{names[m]:44} {rows_of[m]:>5} {rate:>8.2f} {rate * s['new_tokens']:>9.1f} {rate / results['naive_rows_per_s']:>7.2f}x "
+            f"{results['ceiling_fraction'][m]:>7.1%} {results['peak_rss_mb_by_method'][m]:>8.0f} {same:>8} {max(results['other_processes_cpu_share'][m]):>6.0%}"
+        )
+    if results["speedup_vs_pipeline"] is not None:
+        print(f"speedup_vs_naive {results['speedup_vs_naive']:.2f}, speedup_vs_pipeline {results['speedup_vs_pipeline']:.2f}; "
+              f"(c) at {results['adpulse_ceiling_fraction']:.1%} of the ceiling counting each row's whole prompt, "
+              f"{results['adpulse_executed_ceiling_fraction']:.1%} counting the work it executes")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
