@@ -71,10 +71,10 @@ class _null:
         return False
 
 
-def run_once(command: list[str]) -> dict:
+def run_once(command: list[str], env: dict) -> dict:
     """Run `command`; its peak RSS (wait4), RSS samples every half second, and wall time."""
     started = time.monotonic()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     samples: list[tuple[float, float]] = []
     done = threading.Event()
 
@@ -136,7 +136,10 @@ def main(argv=None) -> int:
             write_catalog(catalog, rows, args.format, args.seed)
         output = work / f"ads-{rows}.{args.format}"
         log(f"adpulse-batch run over {rows} rows")
-        result = run_once([*command, "run", str(catalog), "-o", str(output), "--adapter", str(adapter), "--max-new-tokens", "1"])
+        # The ad cache on, as by default, but empty: every row is generated and stored.
+        env = {**os.environ, "XDG_CACHE_HOME": str(work / f"xdg-{rows}")}
+        shutil.rmtree(env["XDG_CACHE_HOME"], ignore_errors=True)
+        result = run_once([*command, "run", str(catalog), "-o", str(output), "--adapter", str(adapter), "--max-new-tokens", "1"], env)
         result["input_mb"] = catalog.stat().st_size / 2**20
         output.unlink()
         results[str(rows)] = result

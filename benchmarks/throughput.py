@@ -209,7 +209,7 @@ def run_end_to_end(catalog_csv: Path, out_dir: Path, model_dir: Path, adapter_di
         input=catalog_csv, output=output,
         model=ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device=args.device, dtype=args.dtype),
         generation=GenerationSettings(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens),
-        batch_size=batch_size, quiet=True,
+        batch_size=batch_size, quiet=True, use_cache=False,  # every repeat generates, as a first run does
     )
     run_catalog(settings)
     with open(output, newline="", encoding="utf-8") as handle:
