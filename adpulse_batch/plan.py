@@ -26,6 +26,11 @@ class PlannedPrompt:
     rows: list[int]
 
 
+def status_of(planned: PlannedPrompt) -> str:
+    """The status of the rows of a generated prompt."""
+    return TRUNCATED if planned.prompt.truncated else OK
+
+
 @dataclass
 class ChunkPlan:
     start: int

@@ -9,7 +9,7 @@ import time
 from tqdm import tqdm
 
 from adpulse_batch.cache import AdCache, ad_key
-from adpulse_batch.plan import OK, SKIPPED, TRUNCATED, ChunkPlan, PlannedPrompt
+from adpulse_batch.plan import SKIPPED, ChunkPlan, PlannedPrompt, status_of
 from adpulse_batch.shard import Workers, share
 from adpulse_batch.workdir import CACHE, MODEL, SKIP, Results, WorkDir
 
@@ -126,7 +126,7 @@ class Worker:
 
 
 def _add(results: Results, planned: PlannedPrompt, source: str, tokens: int, ads: list[str]) -> None:
-    status = TRUNCATED if planned.prompt.truncated else OK
+    status = status_of(planned)
     for n, row in enumerate(planned.rows):
         # Rows sharing a prompt share one generation: its tokens count once.
         results.add(row, status, source, tokens if n == 0 else 0, ads)

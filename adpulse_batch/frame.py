@@ -1,0 +1,94 @@
+"""Ads for pandas DataFrames: for notebooks, and for the batch UDFs of Spark and Ray.
+
+`AdWriter` loads the model once and then writes ads for one DataFrame after another, the
+way a class-based UDF is used:
+
+    writer = AdWriter(ModelSettings(adapter="adapters/mine"))
+    df = writer(df)                                            # a notebook
+    ds.map_batches(AdWriter, fn_constructor_args=(ModelSettings(...),),
+                   batch_format="pandas", concurrency=4, num_gpus=1)   # Ray Data
+    sdf.mapInPandas(lambda frames: map(writer, frames), schema)         # Spark
+
+It plans and generates exactly as `run` does (same template, prompts, truncation, dedupe,
+statuses and greedy ads); the nightly-job machinery (files, cache, resume) stays in `run`.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from adpulse_batch.catalog import DESCRIPTION_NAMES, PRODUCT_NAMES, Chunk, find_column, missing_column_error
+from adpulse_batch.errors import InputError
+from adpulse_batch.model import load_model, load_template, load_tokenizer, resolve_device
+from adpulse_batch.plan import SKIPPED, Planner, status_of
+from adpulse_batch.settings import NO_COLUMN, GenerationSettings, ModelSettings
+
+
+class AdWriter:
+    """Writes the ad columns for DataFrames; the model is loaded at the first row to generate."""
+
+    def __init__(
+        self,
+        model: ModelSettings | None = None,
+        generation: GenerationSettings | None = None,
+        *,
+        product_column: str | None = None,
+        description_column: str | None = None,
+        ad_column: str = "ad_copy",
+        status_column: str = "ad_status",
+        batch_size: int = 32,
+        max_prompt_tokens: int = 256,
+    ):
+        self.model = model or ModelSettings()
+        self.generation = generation or GenerationSettings()
+        self.product_column, self.description_column = product_column, description_column
+        self.status_column = status_column
+        k = self.generation.num_variants
+        self.ad_columns = [ad_column] if k == 1 else [f"{ad_column}_{i}" for i in range(1, k + 1)]
+        self.batch_size = batch_size
+        self.max_prompt_tokens = max_prompt_tokens
+        self.template = load_template(self.model, None)
+        self.tokenizer = load_tokenizer(self.model)
+        self._generator = None
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`frame` with the ad and status columns added (a new DataFrame; same index and rows)."""
+        columns = [str(c) for c in frame.columns]
+        for name in [*self.ad_columns, self.status_column]:
+            if name in columns:
+                raise InputError(f"the DataFrame already has a column named {name!r}; choose another ad_column or status_column")
+        product = find_column(columns, self.product_column, PRODUCT_NAMES, role="product", flag="product_column")
+        if product is None:
+            raise missing_column_error(columns, role="product", flag="product_column", candidates=PRODUCT_NAMES)
+        description = None
+        if (self.description_column or "").lower() != NO_COLUMN:
+            description = find_column(columns, self.description_column, DESCRIPTION_NAMES, role="description", flag="description_column")
+            if description is None:
+                raise missing_column_error(columns, role="description", flag="description_column", candidates=DESCRIPTION_NAMES,
+                                           extra=", or 'none' to write ads from the product alone")  # fmt: skip
+        by_name = dict(zip(columns, frame.columns))
+        cells = {name: frame[by_name[name]].tolist() for name in (product, description) if name is not None}
+        chunk = Chunk(0, records=[dict(zip(cells, row)) for row in zip(*cells.values())])
+        plan = Planner(self.template, self.tokenizer, product, description, self.max_prompt_tokens).plan(chunk)
+
+        ads = [[""] * len(self.ad_columns) for _ in range(len(frame))]
+        status = [""] * len(frame)
+        for row, reason in plan.skipped.items():
+            status[row] = SKIPPED.format(reason)
+        if plan.prompts:
+            generations = self._generator_for().generate([p.prompt for p in plan.prompts], batch_size=self.batch_size)
+            for planned, variants in zip(plan.prompts, generations):
+                for row in planned.rows:
+                    ads[row] = [g.text for g in variants]
+                    status[row] = status_of(planned)
+        new = {name: [a[k] for a in ads] for k, name in enumerate(self.ad_columns)}
+        new[self.status_column] = status
+        return frame.assign(**{name: pd.Series(values, index=frame.index) for name, values in new.items()})
+
+    def _generator_for(self):
+        if self._generator is None:
+            from adpulse_batch.generate import Generator
+
+            loaded = load_model(self.model, device=resolve_device(self.model.device), tokenizer=self.tokenizer)
+            self._generator = Generator(loaded, self.template, self.generation)
+        return self._generator

@@ -1,0 +1,44 @@
+"""AdWriter: ads for pandas DataFrames (notebooks, Spark and Ray UDFs), the same as `run` writes."""
+
+import pandas as pd
+import pytest
+
+from adpulse_batch.errors import InputError
+from adpulse_batch.frame import AdWriter
+from adpulse_batch.settings import GenerationSettings, ModelSettings
+from conftest import SAMPLE_CSV, read_csv
+
+
+@pytest.fixture(scope="module")
+def writer(test_model):
+    return AdWriter(ModelSettings(adapter=str(test_model[1])), GenerationSettings(max_new_tokens=12))
+
+
+def test_frame_gets_the_ads_run_writes(writer, run_ads, tmp_path):
+    assert run_ads(SAMPLE_CSV, "-o", tmp_path / "out.csv", "--no-cache").exit_code == 0
+    header, rows = read_csv(tmp_path / "out.csv")
+    frame = pd.read_csv(SAMPLE_CSV, dtype=str, keep_default_na=False)
+    frame.index = [f"r{i}" for i in range(len(frame))]  # any index is kept
+    out = writer(frame)
+    assert list(out.columns) == list(frame.columns) + ["ad_copy", "ad_status"]
+    assert out.index.equals(frame.index)
+    pd.testing.assert_frame_equal(out[frame.columns], frame)
+    assert "ad_copy" not in frame.columns  # the input frame is not changed
+    assert out["ad_copy"].tolist() == [r[-2] for r in rows]
+    assert out["ad_status"].tolist() == [r[-1] for r in rows]
+
+
+def test_batches_of_a_frame_give_the_same_ads(writer):
+    frame = pd.DataFrame({"Title": ["Mug", None, "Pen", "Mug"], "desc": ["Blue", "", float("nan"), "Blue"], "price": [1, 2, 3, 4]})
+    whole = writer(frame)
+    parts = pd.concat([writer(frame.iloc[:2]), writer(frame.iloc[2:])])
+    pd.testing.assert_frame_equal(parts, whole)
+    assert whole["ad_status"].tolist() == ["ok", "skipped: no product name or description", "ok", "ok"]
+    assert whole["ad_copy"][0] == whole["ad_copy"][3] != ""
+
+
+def test_frame_errors_name_the_setting(writer):
+    with pytest.raises(InputError, match="no product column found .* its columns are: 'price'"):
+        writer(pd.DataFrame({"price": [1]}))
+    with pytest.raises(InputError, match="already has a column named 'ad_copy'"):
+        writer(pd.DataFrame({"name": ["Mug"], "description": ["Blue"], "ad_copy": ["x"]}))
