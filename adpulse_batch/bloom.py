@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from adpulse_batch.errors import SettingsError
+
 
 @dataclass
 class Prefix:
@@ -72,8 +74,8 @@ class Bloom:
 
     def __init__(self, model):
         config = model.config
-        if config.apply_residual_connection_post_layernorm:
-            raise ValueError("BLOOM variants with post-layernorm residuals are not supported")
+        if config.apply_residual_connection_post_layernorm:  # load_base_config refuses these earlier
+            raise SettingsError("BLOOM variants with post-layernorm residuals are not supported")
         transformer = model.transformer
         self.embeddings = transformer.word_embeddings
         self.embeddings_norm = transformer.word_embeddings_layernorm

@@ -56,17 +56,24 @@ class AdCache:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._broken = False
+        self._db = None
         try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as error:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.warning("the ad cache %s is not readable (%s); moved it to %s and started a new one", self.path, error, aside)
-            os.replace(self.path, aside)
-            for suffix in ("-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            self._db = self._open()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._db = self._open()
+            except sqlite3.OperationalError:
+                raise  # cannot open or locked: not a reason to throw the file away
+            except sqlite3.DatabaseError as error:  # the file is not an SQLite database
+                aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+                log.warning("the ad cache %s is not readable (%s); moved it to %s and started a new one", self.path, error, aside)
+                os.replace(self.path, aside)
+                for suffix in ("-wal", "-shm"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+                self._db = self._open()
+        except (OSError, sqlite3.Error) as error:
+            log.warning("cannot use the ad cache %s (%s); every row is generated this run", self.path, error)
+            self._broken = True
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
@@ -121,7 +128,8 @@ class AdCache:
         return digest
 
     def close(self) -> None:
-        self._db.close()
+        if self._db is not None:
+            self._db.close()
 
     @contextlib.contextmanager
     def _failing_softly(self):

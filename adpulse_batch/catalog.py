@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from adpulse_batch.errors import InputError, SettingsError
+from adpulse_batch.errors import InputError, SettingsError, first_line
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
 
@@ -101,7 +101,7 @@ class Catalog:
                 )
             except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
                 raise InputError(
-                    f"{self.path}: a key holds values of different types ({_first_line(error)}); "
+                    f"{self.path}: a key holds values of different types ({first_line(error)}); "
                     "write a .jsonl output to keep them as they are"
                 ) from None
         return self.schema
@@ -139,15 +139,29 @@ class Catalog:
             yield _csv_chunk(start, header, batch, problems)
 
     def _parquet_chunks(self, rows: int) -> Iterator[Chunk]:
+        """Whole chunks of `rows` across file boundaries: a dataset of many small files still
+        makes full generation batches and few part files."""
         start = 0
+        pending: list[pa.Table] = []
+        buffered = 0
+        for table in self._parquet_tables(rows):
+            pending.append(table)
+            buffered += table.num_rows
+            while buffered >= rows:
+                whole = pa.concat_tables(pending)
+                yield Chunk(start, table=whole.slice(0, rows))
+                start += rows
+                pending, buffered = [whole.slice(rows)], buffered - rows
+        if buffered:
+            yield Chunk(start, table=pa.concat_tables(pending))
+
+    def _parquet_tables(self, rows: int) -> Iterator[pa.Table]:
         for path in self.files:
             try:
                 for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
-                    table = _conform(pa.Table.from_batches([batch]), self.schema)
-                    yield Chunk(start, table=table)
-                    start += table.num_rows
+                    yield _conform(pa.Table.from_batches([batch]), self.schema)
             except (pa.ArrowInvalid, OSError) as error:
-                raise InputError(f"{path} is not a readable Parquet file: {_first_line(error)}") from None
+                raise InputError(f"{path} is not a readable Parquet file: {first_line(error)}") from None
 
     def _jsonl_chunks(self, rows: int) -> Iterator[Chunk]:
         start = 0
@@ -379,11 +393,11 @@ def _parquet_schema(files: list[Path]) -> pa.Schema:
         try:
             schemas.append(pq.read_schema(f))
         except (pa.ArrowInvalid, OSError) as error:
-            raise InputError(f"{f} is not a valid Parquet file: {_first_line(error)}") from None
+            raise InputError(f"{f} is not a valid Parquet file: {first_line(error)}") from None
     try:
         return pa.unify_schemas(schemas)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
-        raise InputError(f"the Parquet files of {files[0].parent} have clashing columns: {_first_line(error)}") from None
+        raise InputError(f"the Parquet files of {files[0].parent} have clashing columns: {first_line(error)}") from None
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -402,10 +416,6 @@ def _head(chunk: Chunk, rows: int) -> Chunk:
     if chunk.table is not None:
         return Chunk(chunk.start, table=chunk.table.slice(0, rows), problems=problems)
     return Chunk(chunk.start, records=chunk.records[:rows], problems=problems)
-
-
-def _first_line(error: Exception) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 # --- writing ---------------------------------------------------------------------------
@@ -544,7 +554,7 @@ def _records_table(records: list[dict], schema: pa.Schema | None) -> pa.Table:
         return pa.Table.from_pydict({name: [r.get(name) for r in records] for name in names}, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise InputError(
-            f"a JSONL key holds values Arrow cannot type ({_first_line(error)}); "
+            f"a JSONL key holds values Arrow cannot type ({first_line(error)}); "
             "write a .jsonl output to keep them as they are"
         ) from None
 

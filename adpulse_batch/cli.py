@@ -248,7 +248,6 @@ def run(ctx, input, output, product_column, description_column, ad_column, statu
         batch_size=batch_size,
         max_prompt_tokens=max_prompt_tokens,
         report=report,
-        quiet=quiet,
         work_dir=work_dir,
         keep_work=keep_work,
         cache=cache,
@@ -285,6 +284,7 @@ def _launch(args: list[str], processes: int, settings) -> None:
     job = prepare(settings)  # bad input or a missing model: one line now, not one per worker
     with OutputLock(job.output):
         pass  # another run holds it: exit 3 now (the main worker takes it for real)
+    WorkDir(work_dir_for(settings, job.output), 1).check(job.output)
     code = launch_workers(_without_option(args, "--num-processes"), processes)
     if code != 0:
         failed = WorkDir(work_dir_for(settings, job.output), 1).failures()

@@ -1,6 +1,12 @@
 """The errors the library raises; the command line turns them into one line and an exit code."""
 
 
+def first_line(error: Exception, limit: int = 200) -> str:
+    """The first line of an error from a library, to quote inside our own one-line message."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
 class AdPulseError(Exception):
     """Something the user can fix: bad input, a bad flag, a model that cannot be found.
 

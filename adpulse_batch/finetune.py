@@ -190,12 +190,14 @@ def finetune(settings: FinetuneSettings, *, progress: bool = False) -> FinetuneS
         total_parameters=total,
     )
     trainer.save_model(str(settings.output))
-    if settings.merge and trainer.is_world_process_zero():
-        _write_merged(job)
     summary.seconds = time.monotonic() - started
     if trainer.is_world_process_zero():
+        # The metadata (template, columns) before the merge: a merge that fails must not
+        # leave an adapter that run would read with the default template.
         result = {k: v for k, v in asdict(summary).items() if k != "output"}
         _write_metadata(settings.output, {**job.record, "history": history, "result": result})
+        if settings.merge:
+            _write_merged(job)
     return summary
 
 

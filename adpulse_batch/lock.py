@@ -10,7 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from adpulse_batch.errors import LockedError
+from adpulse_batch.errors import InputError, LockedError
 
 
 class OutputLock:
@@ -26,6 +26,10 @@ class OutputLock:
         self._handle = None
 
     def acquire(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)  # the output's directory
+        except OSError as error:
+            raise InputError(f"cannot create the output directory {self.path.parent} ({error.strerror}); check -o/--output") from None
         while True:
             handle = open(self.path, "a+")
             try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from adpulse_batch.errors import ModelNotFoundError, SettingsError
+from adpulse_batch.errors import ModelNotFoundError, SettingsError, first_line
 from adpulse_batch.prompts import ADAPTER_METADATA, Template, adapter_template
 from adpulse_batch.settings import ModelSettings
 
@@ -140,7 +140,7 @@ def load_model(settings: ModelSettings, *, device: torch.device | None = None, t
     device = device or resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     base = base_model_name(settings)
-    load_base_config(base)  # a BLOOM model, or one line saying what it is instead
+    check_model(settings)
     log.info("loading %s (%s) on %s", base, str(dtype).removeprefix("torch."), device)
     model = load_base_model(base, dtype=dtype, device_map=str(device))
     if settings.adapter is not None:
@@ -159,7 +159,19 @@ def load_base_config(base: str):
         raise SettingsError(
             f"--model {base!r} is a {config.model_type!r} model; adpulse-batch runs BLOOM models (bigscience/bloom-*)"
         )
+    if config.apply_residual_connection_post_layernorm:
+        raise SettingsError(f"--model {base!r} is a BLOOM variant with post-layernorm residuals, which adpulse-batch does not run")
     return config
+
+
+def check_model(settings: ModelSettings) -> None:
+    """Fail before any work (and before loading weights) when the base model is not one run
+    can generate with or the adapter is not a LoRA adapter."""
+    load_base_config(base_model_name(settings))
+    if settings.adapter is not None:
+        kind = _adapter_config(settings.adapter).get("peft_type")
+        if kind != "LORA":
+            raise SettingsError(f"--adapter {settings.adapter!r} is a {kind} adapter; adpulse-batch applies LoRA adapters")
 
 
 def load_base_model(base: str, **kwargs):
@@ -172,9 +184,6 @@ def load_base_model(base: str, **kwargs):
 def _merge_adapter(model, adapter: str, base: str):
     from peft import PeftModel
 
-    kind = _adapter_config(adapter).get("peft_type")
-    if kind != "LORA":
-        raise SettingsError(f"--adapter {adapter!r} is a {kind} adapter; adpulse-batch applies LoRA adapters")
     log.info("applying adapter %s", adapter)
     try:
         peft_model = _from_hub_or_dir(lambda name: PeftModel.from_pretrained(model, name), adapter, "adapter")
@@ -229,7 +238,7 @@ def _from_hub_or_dir(load, name: str, what: str, **kwargs):
         try:
             return load(str(Path(name).expanduser()), **kwargs)
         except (OSError, ValueError) as error:
-            raise ModelNotFoundError(f"cannot load the {what} from {name}: {_first_line(error)}; check {flag}") from None
+            raise ModelNotFoundError(f"cannot load the {what} from {name}: {first_line(error)}; check {flag}") from None
     if not _looks_like_hub_id(name):
         raise ModelNotFoundError(f"cannot find the {what} {name}: no such directory; check {flag}")
     try:
@@ -237,7 +246,7 @@ def _from_hub_or_dir(load, name: str, what: str, **kwargs):
     except (OSError, ValueError) as error:
         raise ModelNotFoundError(
             f"cannot load the {what} {name!r}: it is not a local directory and the Hugging Face Hub did not provide it "
-            f"({_first_line(error)}); download it once where the Hub is reachable (`hf download {name} --local-dir DIR`) "
+            f"({first_line(error)}); download it once where the Hub is reachable (`hf download {name} --local-dir DIR`) "
             f"and pass {flag} DIR"
         ) from None
 
@@ -245,8 +254,3 @@ def _from_hub_or_dir(load, name: str, what: str, **kwargs):
 def _looks_like_hub_id(name: str) -> bool:
     parts = name.split("/")
     return len(parts) <= 2 and all(parts) and not name.startswith((".", "~", "/"))
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]

@@ -34,7 +34,7 @@ from adpulse_batch.catalog import (
 from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_context
 from adpulse_batch.errors import InputError, SettingsError
 from adpulse_batch.lock import OutputLock
-from adpulse_batch.model import load_template, load_tokenizer, model_identity, resolve_device, resolve_dtype
+from adpulse_batch.model import check_model, load_template, load_tokenizer, model_identity, resolve_device, resolve_dtype
 from adpulse_batch.plan import Planner
 from adpulse_batch.settings import NO_COLUMN, RunSettings
 from adpulse_batch.shard import current_workers
@@ -106,7 +106,8 @@ class Job:
 
 def prepare(settings: RunSettings) -> Job:
     """Check everything that can be checked before a model is loaded: input, columns,
-    output, template, tokenizer (which also finds the model and adapter)."""
+    output, template, tokenizer (which also finds the model and adapter), the kinds of model
+    and adapter."""
     output = settings.output or default_output_path(settings.input)
     output_format = catalog_format(output, role="output")
     if output.resolve() == settings.input.resolve():
@@ -133,6 +134,7 @@ def prepare(settings: RunSettings) -> Job:
             raise InputError(f"the input already has a column named {name!r}; choose another name with {flag}")
     template = load_template(settings.model, settings.template)
     tokenizer = load_tokenizer(settings.model)
+    check_model(settings.model)
     planner = Planner(template, tokenizer, product, description, settings.max_prompt_tokens)
     planner.check()
     return Job(settings, catalog, output, planner)
@@ -165,12 +167,14 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
     if workers.is_main:
         lock.acquire()  # before touching the work directory, which a running job may own
     try:
-        if workers.is_main:
-            work.open(_fingerprint(job, context, cache))
+        resumed = work.open(_fingerprint(job, context, cache), job.output) if workers.is_main else 0
         workers.barrier()  # nobody reads or writes parts before the work directory is ready
         # One progress bar, in the main process, counting every worker's rows. Log lines
         # (model loading) print above it instead of through it.
-        bar = tqdm(total=job.catalog.num_rows, unit="rows", file=sys.stderr, disable=not (progress and workers.is_main), dynamic_ncols=True)
+        bar = tqdm(
+            total=job.catalog.num_rows, initial=resumed, unit="rows", file=sys.stderr,
+            disable=not (progress and workers.is_main), dynamic_ncols=True,
+        )  # fmt: skip
         with bar, logging_redirect_tqdm():
             worker = Worker(job, work, workers, device, bar, cache=cache, key_context=context)
             try:

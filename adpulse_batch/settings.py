@@ -47,7 +47,7 @@ class ModelSettings:
 @dataclass(frozen=True)
 class GenerationSettings:
     """How each ad is generated. Every field changes the text, so all of them are recorded
-    in reports (and, later, in cache keys)."""
+    in reports and in cache keys."""
 
     max_new_tokens: int = 64
     """Most tokens generated per ad; generation also stops at EOS and at a new `###` section."""
@@ -115,8 +115,6 @@ class RunSettings:
     """Longer prompts have their description (then product) cut to fit."""
     report: Path | None = None
     """Write a JSON report of the run here."""
-    quiet: bool = False
-    """No progress bar and no summary line."""
     work_dir: Path | None = None
     """Where results are committed as they come, for a rerun to resume. None: a hidden
     `.<output name>.adpulse-work` directory beside the output."""
@@ -140,8 +138,10 @@ class RunSettings:
             raise SettingsError("--ad-column cannot be empty")
         if not self.status_column.strip():
             raise SettingsError("--status-column cannot be empty")
-        if self.ad_column == self.status_column:
-            raise SettingsError(f"--ad-column and --status-column are both {self.ad_column!r}; give them different names")
+        if self.status_column in (self.ad_column, *self.ad_columns):
+            raise SettingsError(
+                f"--status-column {self.status_column!r} is also the name of an ad column; give them different names"
+            )
 
     @property
     def ad_columns(self) -> list[str]:

@@ -26,7 +26,7 @@ from adpulse_batch.catalog import (
     missing_column_error,
     open_catalog,
 )
-from adpulse_batch.errors import InputError, SettingsError
+from adpulse_batch.errors import InputError, SettingsError, first_line
 from adpulse_batch.prompts import field_text
 from adpulse_batch.settings import NO_COLUMN
 
@@ -236,7 +236,7 @@ def _read_hub(data: str, reader: _SplitReader) -> None:
         except Exception as error:  # noqa: BLE001 - see above
             owner_name = "/".join(root.split("/")[1:3])
             raise InputError(
-                f"cannot read the Hub dataset {data} ({_first_line(error)}); download it where the Hub is reachable "
+                f"cannot read the Hub dataset {data} ({first_line(error)}); download it where the Hub is reachable "
                 f"(`hf download {owner_name} --repo-type dataset --local-dir DIR`) and pass DIR"
             ) from None
         if not files:
@@ -246,8 +246,3 @@ def _read_hub(data: str, reader: _SplitReader) -> None:
                 reader.read(Path(local) / name, split_of(name))
             except InputError as error:  # name the file as the user knows it, not its download
                 raise InputError(str(error).replace(str(Path(local)), HUB_PREFIX + root)) from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:200]

@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from adpulse_batch.catalog import Catalog, CatalogWriter, csv_safe
-from adpulse_batch.errors import AdPulseError, WorkerError
+from adpulse_batch.errors import AdPulseError, InputError, WorkerError
 from adpulse_batch.plan import TRUNCATED
 
 log = logging.getLogger(__name__)
@@ -68,19 +69,43 @@ class WorkDir:
 
     # --- before the workers start (main process) ---
 
-    def open(self, fingerprint: str) -> int:
-        """Make the directory ready for a run of the job `fingerprint`; returns the rows
-        already done by an interrupted run of the same job, which are kept."""
+    def check(self, output: Path) -> dict | None:
+        """Raise unless this run may use the directory: only a directory this run owns is
+        ever deleted (new or empty, or its manifest names the same output, whose lock is
+        ours); anything else is the user's. Returns the manifest found, if any."""
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"the work directory {self.path} is a file; name a directory with --work-dir")
+        if not self.path.is_dir() or not any(self.path.iterdir()):
+            return None
+        try:
+            found = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            raise InputError(
+                f"the work directory {self.path} exists and is not one adpulse-batch made; "
+                "name a new or empty directory with --work-dir"
+            ) from None
+        if found.get("output") != str(Path(output).resolve()):
+            raise InputError(
+                f"the work directory {self.path} holds the work of a run writing {found.get('output')}; "
+                "give each output its own --work-dir"
+            )
+        return found
+
+    def open(self, fingerprint: str, output: Path) -> int:
+        """Make the directory ready for a run of the job `fingerprint` writing `output`;
+        returns the rows already done by an interrupted run of the same job, which are kept."""
         manifest = self.path / MANIFEST
-        if self.path.exists():
-            same = manifest.is_file() and json.loads(manifest.read_text()).get("fingerprint") == fingerprint
-            if not same:
-                log.info("%s holds work of another input, model or setting; starting over", self.path)
-                shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        found = self.check(output)
+        if found is not None and found.get("fingerprint") != fingerprint:
+            log.info("%s holds work of another input, model or setting; starting over", self.path)
+            shutil.rmtree(self.path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"cannot create the work directory {self.path} ({error.strerror}); name another with --work-dir") from None
         for stale in [*self.path.glob("*.tmp"), *self.path.glob("done-w*.json"), *self.path.glob("failed-w*.json")]:
             stale.unlink()
-        _write_json(manifest, {"fingerprint": fingerprint})
+        _write_json(manifest, {"fingerprint": fingerprint, "output": str(Path(output).resolve())})
         parts = [p.name for p in self.parts()]
         _write_json(self.path / RESUMED, {"parts": parts})
         rows = sum(_part_rows(name) for name in parts)
@@ -153,13 +178,14 @@ class WorkDir:
 
     def read_chunk(self, paths: list[Path], start: int, num_rows: int, *, resumed: set[str]) -> pa.Table:
         """The results of rows start..start+num_rows-1 in row order, each row exactly once,
-        with a `resumed` column: whether the row came from an interrupted run's part."""
-        tables = [
-            pq.read_table(p, schema=self.schema).append_column("resumed", pa.repeat(p.name in resumed, pq.read_metadata(p).num_rows))
-            for p in paths
-        ]
+        with a `resumed` column: whether the row came from an interrupted run's part. Rows
+        past the chunk's end (work kept from a run with a higher --limit) are left out."""
+        tables = []
+        for p in paths:
+            table = pq.read_table(p, schema=self.schema)
+            tables.append(table.append_column("resumed", pa.repeat(p.name in resumed, table.num_rows)))
         table = pa.concat_tables(tables) if tables else self.schema.append(pa.field("resumed", pa.bool_())).empty_table()
-        table = table.sort_by("row_id")
+        table = table.filter(pc.less(table.column("row_id"), start + num_rows)).sort_by("row_id")
         rows = table.column("row_id").to_pylist()
         if rows != list(range(start, start + num_rows)):
             have = set(rows)

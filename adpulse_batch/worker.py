@@ -13,13 +13,11 @@ from adpulse_batch.plan import SKIPPED, ChunkPlan, PlannedPrompt, status_of
 from adpulse_batch.shard import Workers, share
 from adpulse_batch.workdir import CACHE, MODEL, SKIP, Results, WorkDir
 
-# Results are committed at least this often (and at the end of each chunk): a crash loses
-# at most this much generation, and a run's part files stay few. ADPULSE_COMMIT_SECONDS
-# tunes it (pre-emptible machines may want less; slow shared file systems, more).
+# Results are committed after the first batch that ends this long after the last commit
+# (and at the end of each chunk): a crash loses about this much generation plus one batch,
+# and a run's part files stay few. ADPULSE_COMMIT_SECONDS tunes it (pre-emptible machines
+# may want less; slow shared file systems, more).
 COMMIT_SECONDS = float(os.environ.get("ADPULSE_COMMIT_SECONDS", "5"))
-# Prompts handed to the generator at a time: several batches, so batches stay full, while
-# commits can happen between them.
-BATCHES_PER_CALL = 4
 
 
 class Worker:
@@ -62,7 +60,8 @@ class Worker:
         self._advance(len(results.rows))
         # Longest first, as the generator sorts: the slices below then make the same batches.
         missing.sort(key=lambda item: -len(item[0].prompt.ids))
-        step = settings.batch_size * BATCHES_PER_CALL
+        # One batch per call, so a commit can follow any batch.
+        step = settings.batch_size
         new_ads: dict[str, list[str]] = {}
         last_commit = time.monotonic()
         for first in range(0, len(missing), step):
@@ -102,11 +101,12 @@ class Worker:
         }
 
     def show_progress(self, force: bool = False) -> None:
-        """Move the bar to this worker's rows plus the rows other workers have committed."""
+        """Move the bar to the rows resumed (its start), this worker's rows and the rows
+        other workers have committed."""
         if self.bar.disable or not (force or time.monotonic() - self._shown > 1.0):
             return
         others = self.work.committed_rows(other_than=self.workers.rank) if self.workers.world > 1 else 0
-        self.bar.n = self.rows + others
+        self.bar.n = self.bar.initial + self.rows + others
         self.bar.refresh()
         self._shown = time.monotonic()
 

@@ -124,8 +124,10 @@ def test_parquet_directory_is_one_dataset_in_file_order(tmp_path):
     (data / "_SUCCESS").write_text("")
     catalog = open_catalog(data)
     assert catalog.num_rows == 6
-    names = [name for chunk in catalog.chunks(4) for name in chunk.values("name")]
-    assert names == ["p0a", "p0b", "p1a", "p1b", "p2a", "p2b"]
+    chunks = list(catalog.chunks(4))
+    assert [(c.start, c.num_rows) for c in chunks] == [(0, 4), (4, 2)]  # chunks span files: full batches
+    assert [name for chunk in chunks for name in chunk.values("name")] == ["p0a", "p0b", "p1a", "p1b", "p2a", "p2b"]
+    assert [n for chunk in chunks for n in chunk.values("n")] == [0, 0, 1, 1, 2, 2]
     assert default_output_path(data) == tmp_path / "shop.ads.parquet"
 
 

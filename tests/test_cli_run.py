@@ -1,6 +1,7 @@
 """`adpulse-batch run` end to end: the tiny model, real files, exact errors and exit codes."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -154,7 +155,9 @@ def test_jsonl_round_trip(run_ads, tmp_path):
         (["--device", "tpu"], "Error: Invalid value for '--device': 'tpu' is not one of 'auto', 'cpu', 'cuda'."),
         (["-o", "out.txt"], "Error: output out.txt has the suffix '.txt'; use one of .csv, .parquet, .jsonl"),
         (["--encoding", "klingon"], "Error: --encoding 'klingon' is not an encoding Python knows"),
-        (["--ad-column", "ad_status"], "Error: --ad-column and --status-column are both 'ad_status'"),
+        (["--ad-column", "ad_status"], "Error: --status-column 'ad_status' is also the name of an ad column; give them different names"),
+        (["--num-variants", "2", "--temperature", "0.7", "--status-column", "ad_copy_1"],
+         "Error: --status-column 'ad_copy_1' is also the name of an ad column; give them different names"),
     ],
 )
 def test_bad_invocations_are_one_line_and_exit_2(run_ads, tmp_path, args, message):
@@ -204,6 +207,26 @@ def test_missing_models_say_how_to_point_at_a_local_copy(run_cli, tmp_path):
     assert "(`hf download abhamidi-1234/AdPulse --local-dir DIR`) and pass --adapter DIR" in line
     assert len(line.splitlines()) == 1
     assert not (tmp_path / "out.csv").exists()
+
+
+def test_models_run_cannot_use_are_refused_before_any_work(run_cli, test_model, tmp_path):
+    model, adapter = test_model
+    other = tmp_path / "gpt"
+    shutil.copytree(model, other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
+    result = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "out.csv", "--adapter", "none", "--model", other)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"Error: --model '{other}' is a 'gpt2' model; adpulse-batch runs BLOOM models (bigscience/bloom-*)"
+
+    ia3 = tmp_path / "ia3"
+    shutil.copytree(adapter, ia3)
+    config = json.loads((ia3 / "adapter_config.json").read_text())
+    (ia3 / "adapter_config.json").write_text(json.dumps({**config, "peft_type": "IA3"}))
+    result = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "out.csv", "--adapter", ia3)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"Error: --adapter '{ia3}' is a IA3 adapter; adpulse-batch applies LoRA adapters"
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / ".out.csv.adpulse-work").exists()
 
 
 def test_python_dash_m_works():

@@ -12,6 +12,8 @@ import tomllib
 from adpulse_batch.cli import cli
 from adpulse_batch.generate import Generation, Generator
 from adpulse_batch.lock import OutputLock
+from adpulse_batch.run import run_catalog
+from adpulse_batch.settings import GenerationSettings, ModelSettings, RunSettings
 from conftest import REPO, SAMPLE_CSV, read_csv, write_csv
 
 
@@ -92,6 +94,61 @@ def test_kept_work_resumes_and_other_settings_start_over(run_ads, tmp_path):
     assert run_ads(source, "-o", out, "--no-cache", "--max-chars", 30, "--report", tmp_path / "r.json").exit_code == 0
     assert (report(tmp_path / "r.json")["rows_resumed"], report(tmp_path / "r.json")["rows_generated"]) == (0, 20)
     assert not work.exists()  # removed after a successful run without --keep-work
+
+
+def test_work_dir_is_never_someone_elses(run_ads, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=4)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = run_ads(source, "-o", tmp_path / "out.csv", "--work-dir", mine)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"Error: the work directory {mine} exists and is not one adpulse-batch made; name a new or empty directory with --work-dir"
+    )
+    assert (mine / "notes.txt").read_text() == "keep me" and not (tmp_path / "out.csv").exists()
+
+    # One --work-dir for two outputs: the second run must not wipe the first one's work.
+    shared = tmp_path / "work"
+    assert run_ads(source, "-o", tmp_path / "a.csv", "--work-dir", shared, "--keep-work").exit_code == 0
+    parts = sorted(shared.glob("part-*"))
+    assert parts
+    result = run_ads(source, "-o", tmp_path / "b.csv", "--work-dir", shared)
+    assert result.exit_code == 2 and "give each output its own --work-dir" in result.stderr
+    assert sorted(shared.glob("part-*")) == parts and not (tmp_path / "b.csv").exists()
+
+
+def test_kept_work_of_a_higher_limit_serves_a_lower_one(run_ads, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=20)
+    out = tmp_path / "out.csv"
+    assert run_ads(source, "-o", out, "--no-cache", "--keep-work").exit_code == 0
+    whole = read_csv(out)
+    result = run_ads(source, "-o", out, "--no-cache", "--limit", 5, "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    assert (report(tmp_path / "r.json")["rows_resumed"], report(tmp_path / "r.json")["rows_generated"]) == (5, 0)
+    assert read_csv(out) == (whole[0], whole[1][:5])
+
+
+def test_output_directory_is_made_and_an_unusable_cache_is_skipped(run_ads, test_model, tmp_path):
+    _, adapter = test_model
+    source = catalog(tmp_path / "in.csv", rows=3)
+    out = tmp_path / "new" / "dir" / "out.csv"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    # The cache's directory cannot be made (a file is in the way): the run goes on without it.
+    result = run_ads(source, "-o", out, "--cache", blocker / "ads.sqlite", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    assert f"cannot use the ad cache {blocker / 'ads.sqlite'}" in result.stderr
+    assert report(tmp_path / "r.json")["rows_generated"] == 3
+    assert len(read_csv(out)[1]) == 3
+    # A cache that cannot be opened (here a directory, from Python) is not "corrupt": it is
+    # left where it is, and the run goes on without it.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    settings = RunSettings(input=source, output=tmp_path / "b.csv", model=ModelSettings(adapter=str(adapter)),
+                           generation=GenerationSettings(max_new_tokens=4), cache=folder)  # fmt: skip
+    assert run_catalog(settings).rows_generated == 3
+    assert folder.is_dir() and not list(tmp_path.glob("folder.corrupt-*"))
 
 
 def test_a_killed_run_resumes_where_it_stopped(test_model, tmp_path):
