@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from adpulse_batch.errors import InputError, SettingsError, first_line
+from adpulse_batch.settings import NO_COLUMN
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
 
@@ -245,6 +246,27 @@ def find_column(columns: list[str], requested: str | None, candidates: tuple[str
         if name in by_name:
             return by_name[name]
     return None
+
+
+def find_prompt_columns(
+    columns: list[str], product: str | None, description: str | None, *,
+    flags: tuple[str, str] = ("--product-column", "--description-column"), purpose: str = "write ads",
+) -> tuple[str, str | None]:
+    """The product and description columns a prompt is made of, named or detected; a
+    description named `none` means the prompt has none. `flags` name the two settings in
+    error messages (command-line flags, or Python arguments)."""
+    found = find_column(columns, product, PRODUCT_NAMES, role="product", flag=flags[0])
+    if found is None:
+        raise missing_column_error(columns, role="product", flag=flags[0], candidates=PRODUCT_NAMES)
+    if description is not None and description.strip().lower() == NO_COLUMN:
+        return found, None
+    described = find_column(columns, description, DESCRIPTION_NAMES, role="description", flag=flags[1])
+    if described is None:
+        raise missing_column_error(
+            columns, role="description", flag=flags[1], candidates=DESCRIPTION_NAMES,
+            extra=f", or pass {flags[1]} {NO_COLUMN} to {purpose} from the product alone",
+        )  # fmt: skip
+    return found, described
 
 
 def missing_column_error(columns: list[str], *, role: str, flag: str, candidates: tuple[str, ...], extra: str = "") -> InputError:

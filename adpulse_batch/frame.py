@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import pandas as pd
 
-from adpulse_batch.catalog import DESCRIPTION_NAMES, PRODUCT_NAMES, Chunk, find_column, missing_column_error
+from adpulse_batch.catalog import Chunk, find_prompt_columns
 from adpulse_batch.errors import InputError
 from adpulse_batch.model import load_model, load_template, load_tokenizer, resolve_device
 from adpulse_batch.plan import SKIPPED, Planner, status_of
-from adpulse_batch.settings import NO_COLUMN, GenerationSettings, ModelSettings
+from adpulse_batch.settings import GenerationSettings, ModelSettings, ad_column_names
 
 
 class AdWriter:
@@ -43,8 +43,7 @@ class AdWriter:
         self.generation = generation or GenerationSettings()
         self.product_column, self.description_column = product_column, description_column
         self.status_column = status_column
-        k = self.generation.num_variants
-        self.ad_columns = [ad_column] if k == 1 else [f"{ad_column}_{i}" for i in range(1, k + 1)]
+        self.ad_columns = ad_column_names(ad_column, self.generation.num_variants)
         self.batch_size = batch_size
         self.max_prompt_tokens = max_prompt_tokens
         self.template = load_template(self.model, None)
@@ -57,15 +56,9 @@ class AdWriter:
         for name in [*self.ad_columns, self.status_column]:
             if name in columns:
                 raise InputError(f"the DataFrame already has a column named {name!r}; choose another ad_column or status_column")
-        product = find_column(columns, self.product_column, PRODUCT_NAMES, role="product", flag="product_column")
-        if product is None:
-            raise missing_column_error(columns, role="product", flag="product_column", candidates=PRODUCT_NAMES)
-        description = None
-        if (self.description_column or "").lower() != NO_COLUMN:
-            description = find_column(columns, self.description_column, DESCRIPTION_NAMES, role="description", flag="description_column")
-            if description is None:
-                raise missing_column_error(columns, role="description", flag="description_column", candidates=DESCRIPTION_NAMES,
-                                           extra=", or 'none' to write ads from the product alone")  # fmt: skip
+        product, description = find_prompt_columns(
+            columns, self.product_column, self.description_column, flags=("product_column", "description_column")
+        )
         by_name = dict(zip(columns, frame.columns))
         cells = {name: frame[by_name[name]].tolist() for name in (product, description) if name is not None}
         chunk = Chunk(0, records=[dict(zip(cells, row)) for row in zip(*cells.values())])

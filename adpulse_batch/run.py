@@ -20,15 +20,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from adpulse_batch import __version__
 from adpulse_batch.catalog import (
-    DESCRIPTION_NAMES,
-    PRODUCT_NAMES,
     Catalog,
     CatalogWriter,
     catalog_format,
     check_writable,
     default_output_path,
-    find_column,
-    missing_column_error,
+    find_prompt_columns,
     open_catalog,
 )
 from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_context
@@ -36,7 +33,7 @@ from adpulse_batch.errors import InputError, SettingsError
 from adpulse_batch.lock import OutputLock
 from adpulse_batch.model import check_model, load_template, load_tokenizer, model_identity, resolve_device, resolve_dtype
 from adpulse_batch.plan import Planner
-from adpulse_batch.settings import NO_COLUMN, RunSettings
+from adpulse_batch.settings import RunSettings
 from adpulse_batch.shard import current_workers
 from adpulse_batch.worker import Worker
 from adpulse_batch.workdir import WorkDir, assemble
@@ -113,20 +110,7 @@ def prepare(settings: RunSettings) -> Job:
     if output.resolve() == settings.input.resolve():
         raise SettingsError(f"output {output} is the input file; name another with -o/--output")
     catalog = open_catalog(settings.input, encoding=settings.encoding, limit=settings.limit)
-    product = find_column(catalog.columns, settings.product_column, PRODUCT_NAMES, role="product", flag="--product-column")
-    if product is None:
-        raise missing_column_error(catalog.columns, role="product", flag="--product-column", candidates=PRODUCT_NAMES)
-    if settings.description_column is not None and settings.description_column.lower() == NO_COLUMN:
-        description = None
-    else:
-        description = find_column(
-            catalog.columns, settings.description_column, DESCRIPTION_NAMES, role="description", flag="--description-column"
-        )
-        if description is None:
-            raise missing_column_error(
-                catalog.columns, role="description", flag="--description-column", candidates=DESCRIPTION_NAMES,
-                extra=", or pass --description-column none to write ads from the product alone",
-            )
+    product, description = find_prompt_columns(catalog.columns, settings.product_column, settings.description_column)
     check_writable(catalog, output_format)
     for name in [*settings.ad_columns, settings.status_column]:
         if name in catalog.columns:

@@ -146,8 +146,12 @@ class RunSettings:
     @property
     def ad_columns(self) -> list[str]:
         """The names of the new ad columns."""
-        k = self.generation.num_variants
-        return [self.ad_column] if k == 1 else [f"{self.ad_column}_{i}" for i in range(1, k + 1)]
+        return ad_column_names(self.ad_column, self.generation.num_variants)
+
+
+def ad_column_names(ad_column: str, num_variants: int) -> list[str]:
+    """`ad_column` for one ad per row; `ad_column_1..K` for K variants."""
+    return [ad_column] if num_variants == 1 else [f"{ad_column}_{i}" for i in range(1, num_variants + 1)]
 
 
 @dataclass(frozen=True)

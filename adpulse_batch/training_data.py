@@ -17,18 +17,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from adpulse_batch.catalog import (
-    AD_NAMES,
-    DESCRIPTION_NAMES,
-    FORMATS,
-    PRODUCT_NAMES,
-    find_column,
-    missing_column_error,
-    open_catalog,
-)
+from adpulse_batch.catalog import AD_NAMES, FORMATS, find_column, find_prompt_columns, missing_column_error, open_catalog
 from adpulse_batch.errors import InputError, SettingsError, first_line
 from adpulse_batch.prompts import field_text
-from adpulse_batch.settings import NO_COLUMN
 
 HUB_PREFIX = "hf://"
 
@@ -173,20 +164,7 @@ class _SplitReader:
 
     def _find_columns(self, columns: list[str]) -> tuple[str, str | None, str]:
         wanted = self.columns
-        product = find_column(columns, wanted["product"], PRODUCT_NAMES, role="product", flag="--product-column")
-        if product is None:
-            raise missing_column_error(columns, role="product", flag="--product-column", candidates=PRODUCT_NAMES)
-        if wanted["description"] is not None and wanted["description"].lower() == NO_COLUMN:
-            description = None
-        else:
-            description = find_column(
-                columns, wanted["description"], DESCRIPTION_NAMES, role="description", flag="--description-column"
-            )
-            if description is None:
-                raise missing_column_error(
-                    columns, role="description", flag="--description-column", candidates=DESCRIPTION_NAMES,
-                    extra=", or pass --description-column none to learn ads from the product alone",
-                )
+        product, description = find_prompt_columns(columns, wanted["product"], wanted["description"], purpose="learn ads")
         ad = find_column(columns, wanted["ad"], AD_NAMES, role="ad", flag="--ad-column")
         if ad is None:
             raise missing_column_error(columns, role="ad", flag="--ad-column", candidates=AD_NAMES)
