@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -17,7 +16,7 @@ import torch
 
 from adpulse_batch.bloom import Bloom, attention_bias
 from adpulse_batch.model import LoadedModel
-from adpulse_batch.prompts import Prompt, Template, encode
+from adpulse_batch.prompts import Prompt, Template, encode, one_line
 from adpulse_batch.settings import GenerationSettings
 
 STOP_TEXT = "###"  # a new section of the template: the ad is over
@@ -191,8 +190,7 @@ def clean_ad(text: str, *, cut: bool = False, max_chars: int | None = None) -> s
     limit, an unfinished last sentence is dropped (kept when it is all there is);
     `max_chars` then cuts at a word boundary."""
     text = text.split(STOP_TEXT, 1)[0].replace("\ufffd", "")
-    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in text)
-    text = " ".join(text.split())
+    text = one_line(text)
     if cut:
         ends = list(_SENTENCE_END.finditer(text))
         if ends and any(ch.isalnum() for ch in text[ends[-1].end() :]):

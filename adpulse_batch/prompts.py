@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +27,9 @@ DEFAULT_TEMPLATE_TEXT = INSTRUCTION + "\n\n### Product and Description:\n{produc
 ADAPTER_METADATA = "adpulse.json"
 
 _PLACEHOLDER = re.compile(r"\{(product|description)\}")
-_WHITESPACE = re.compile(r"\s+")
+# Runs of whitespace, control characters (Unicode category Cc: U+0000-001F, U+007F-009F)
+# and line or paragraph separators (U+2028, U+2029): each run becomes one space.
+_BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,12 @@ def field_text(value) -> str:
         return ""
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
-    text = "".join(" " if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch for ch in str(value))
-    return _WHITESPACE.sub(" ", text).strip()
+    return one_line(str(value))
+
+
+def one_line(text: str) -> str:
+    """`text` on one line: control characters and runs of whitespace become one space."""
+    return _BREAKS.sub(" ", text).strip()
 
 
 def encode(tokenizer, text: str) -> list[int]:
