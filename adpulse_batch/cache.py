@@ -2,10 +2,11 @@
 or changed products.
 
 A key is a hash of everything that decides an ad: the model and adapter (names plus Hub
-revisions or file hashes), the dtype, the generation settings (seed included) and the
-prompt (which holds the template and the row's fields). Two runs may share the file (WAL
-journal, busy timeout); a file that is not a readable cache is set aside, never a reason to
-fail the run.
+revisions or file hashes), the dtype, the generation settings (seed included), the prompt
+token limit and the prompt as rendered (which holds the template and the row's fields), so
+a row is looked up before it is tokenized. With the ads goes whether the prompt had to be
+cut. Two runs may share the file (WAL journal, busy timeout); a file that is not a readable
+cache is set aside, never a reason to fail the run.
 """
 
 from __future__ import annotations
@@ -18,12 +19,23 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# Raise when a release changes what the same key would produce (generation, cleaning).
-GENERATION_VERSION = 1
+# Raise when a release changes what the same key would produce (generation, cleaning) or
+# how an entry is stored.
+GENERATION_VERSION = 2
+
+
+@dataclass(frozen=True)
+class CachedAd:
+    """What the cache holds for a prompt: its ads (one per variant), and whether the prompt
+    was cut to fit the token limit (the rows' status)."""
+
+    ads: list[str]
+    truncated: bool
 
 
 def default_cache_path() -> Path:
@@ -32,9 +44,12 @@ def default_cache_path() -> Path:
     return root / "adpulse-batch" / "ads.sqlite"
 
 
-def key_context(identity: dict, dtype: str, generation: dict) -> str:
-    """What, besides the prompt, decides an ad."""
-    return json.dumps({"version": GENERATION_VERSION, "model": identity, "dtype": dtype, "generation": generation}, sort_keys=True)
+def key_context(identity: dict, dtype: str, generation: dict, max_prompt_tokens: int) -> str:
+    """What, besides the rendered prompt, decides an ad."""
+    return json.dumps(
+        {"version": GENERATION_VERSION, "model": identity, "dtype": dtype, "generation": generation, "max_prompt_tokens": max_prompt_tokens},
+        sort_keys=True,
+    )  # fmt: skip
 
 
 def ad_key(context: str, prompt: str) -> str:
@@ -88,9 +103,9 @@ class AdCache:
             raise
         return db
 
-    def get_many(self, keys: Iterable[str]) -> dict[str, list[str]]:
-        """The cached ads (one per variant) of the keys that have them."""
-        found: dict[str, list[str]] = {}
+    def get_many(self, keys: Iterable[str]) -> dict[str, CachedAd]:
+        """The cache entries of the keys that have them."""
+        found: dict[str, CachedAd] = {}
         keys = list(keys)
         if self._broken:
             return found
@@ -98,13 +113,13 @@ class AdCache:
             for first in range(0, len(keys), 500):  # SQLite caps the parameters of one query
                 part = keys[first : first + 500]
                 query = f"SELECT key, ads FROM ads WHERE key IN ({','.join('?' * len(part))})"
-                found.update((key, json.loads(ads)) for key, ads in self._db.execute(query, part))
+                found.update((key, CachedAd(**json.loads(entry))) for key, entry in self._db.execute(query, part))
         return found
 
-    def put_many(self, items: dict[str, list[str]]) -> None:
+    def put_many(self, items: dict[str, CachedAd]) -> None:
         if self._broken:
             return
-        rows = [(key, json.dumps(ads, ensure_ascii=False), time.time()) for key, ads in items.items()]
+        rows = [(key, json.dumps(asdict(entry), ensure_ascii=False), time.time()) for key, entry in items.items()]
         with self._failing_softly(), self._transaction():
             self._db.executemany("INSERT OR REPLACE INTO ads (key, ads, created) VALUES (?, ?, ?)", rows)
 

@@ -62,7 +62,9 @@ class AdWriter:
         by_name = dict(zip(columns, frame.columns))
         cells = {name: frame[by_name[name]].tolist() for name in (product, description) if name is not None}
         chunk = Chunk(0, records=[dict(zip(cells, row)) for row in zip(*cells.values())])
-        plan = Planner(self.template, self.tokenizer, product, description, self.max_prompt_tokens).plan(chunk)
+        planner = Planner(self.template, self.tokenizer, product, description, self.max_prompt_tokens)
+        plan = planner.plan(chunk)
+        planner.tokenize(plan.prompts)
 
         ads = [[""] * len(self.ad_columns) for _ in range(len(frame))]
         status = [""] * len(frame)
@@ -73,7 +75,7 @@ class AdWriter:
             for planned, variants in zip(plan.prompts, generations):
                 for row in planned.rows:
                     ads[row] = [g.text for g in variants]
-                    status[row] = status_of(planned)
+                    status[row] = status_of(planned.prompt.truncated)
         new = {name: [a[k] for a in ads] for k, name in enumerate(self.ad_columns)}
         new[self.status_column] = status
         return frame.assign(**{name: pd.Series(values, index=frame.index) for name, values in new.items()})

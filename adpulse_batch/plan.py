@@ -2,6 +2,8 @@
 
 Every row ends up in exactly one place: in the row list of one unique prompt, or among the
 skipped rows with the reason. Identical prompts are generated once for all their rows.
+Planning renders text only; prompts are tokenized (and cut to fit) when they are to be
+generated or dealt out by size, so rows whose ads come from the cache cost no tokenizing.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ SKIP_EMPTY = "no product name or description"
 class PlannedPrompt:
     """A unique prompt of a chunk and the row ids that share it."""
 
-    prompt: Prompt
+    text: str  # the rendered prompt before any cut: the same text, the same ad
+    fields: tuple[str, str]  # its product and description
     rows: list[int]
+    prompt: Prompt | None = None  # set by Planner.tokenize
 
 
-def status_of(planned: PlannedPrompt) -> str:
+def status_of(truncated: bool) -> str:
     """The status of the rows of a generated prompt."""
-    return TRUNCATED if planned.prompt.truncated else OK
+    return TRUNCATED if truncated else OK
 
 
 @dataclass
@@ -41,7 +45,7 @@ class ChunkPlan:
 
 @dataclass(frozen=True)
 class Planner:
-    """Renders and tokenizes the rows of each chunk with one template and tokenizer."""
+    """Renders the rows of each chunk with one template; tokenizes the prompts asked for."""
 
     template: Template
     tokenizer: object
@@ -53,8 +57,7 @@ class Planner:
         plan = ChunkPlan(chunk.start, chunk.num_rows)
         products = chunk.values(self.product_column)
         descriptions = chunk.values(self.description_column)
-        fields: dict[str, tuple[str, str]] = {}  # prompt text -> its fields
-        rows: dict[str, list[int]] = {}
+        planned: dict[str, PlannedPrompt] = {}  # by prompt text
         for offset, (product, description) in enumerate(zip(products, descriptions)):
             row = chunk.start + offset
             if offset in chunk.problems:
@@ -65,17 +68,21 @@ class Planner:
                 plan.skipped[row] = SKIP_EMPTY
                 continue
             text = self.template.render(product, description)
-            fields.setdefault(text, (product, description))
-            rows.setdefault(text, []).append(row)
-        texts = list(rows)
-        encoded = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-        for text, ids in zip(texts, encoded):
-            if len(ids) > self.max_prompt_tokens:
-                prompt = fit_prompt(self.template, self.tokenizer, *fields[text], ids, self.max_prompt_tokens)
-            else:
-                prompt = Prompt(text, ids)
-            plan.prompts.append(PlannedPrompt(prompt, rows[text]))
+            if text not in planned:
+                planned[text] = PlannedPrompt(text, (product, description), [])
+            planned[text].rows.append(row)
+        plan.prompts = list(planned.values())
         return plan
+
+    def tokenize(self, prompts: list[PlannedPrompt]) -> None:
+        """Give each prompt not yet tokenized its token ids, cut to --max-prompt-tokens."""
+        todo = [p for p in prompts if p.prompt is None]
+        encoded = self.tokenizer([p.text for p in todo], add_special_tokens=False)["input_ids"] if todo else []
+        for planned, ids in zip(todo, encoded):
+            if len(ids) > self.max_prompt_tokens:
+                planned.prompt = fit_prompt(self.template, self.tokenizer, *planned.fields, ids, self.max_prompt_tokens)
+            else:
+                planned.prompt = Prompt(planned.text, ids)
 
     def check(self) -> None:
         """Fail before any work when the template alone does not fit --max-prompt-tokens."""

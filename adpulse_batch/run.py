@@ -145,7 +145,7 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
     dtype = str(resolve_dtype(settings.model.dtype, device)).removeprefix("torch.")
     cache = AdCache(settings.cache or default_cache_path()) if settings.use_cache else None
     identity = model_identity(settings.model, digest=cache.file_digest if cache is not None else file_digest)
-    context = key_context(identity.as_dict(), dtype, asdict(settings.generation))
+    context = key_context(identity.as_dict(), dtype, asdict(settings.generation), settings.max_prompt_tokens)
     work = WorkDir(work_dir_for(settings, job.output), settings.generation.num_variants)
     lock = OutputLock(job.output)
     if workers.is_main:

@@ -3,12 +3,13 @@ take what the cache has, generate the rest, commit results as they come."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 from tqdm import tqdm
 
-from adpulse_batch.cache import AdCache, ad_key
+from adpulse_batch.cache import AdCache, CachedAd, ad_key
 from adpulse_batch.plan import SKIPPED, ChunkPlan, PlannedPrompt, status_of
 from adpulse_batch.shard import Workers, share
 from adpulse_batch.workdir import CACHE, MODEL, SKIP, Results, WorkDir
@@ -45,11 +46,13 @@ class Worker:
     def _run_chunk(self, chunk_start: int, plan: ChunkPlan) -> None:
         settings = self.job.settings
         variants = settings.generation.num_variants
+        if self.workers.world > 1:
+            self.planner.tokenize(plan.prompts)  # shares are balanced by prompt tokens
         prompts, skipped = share(plan, self.workers, new_tokens=settings.generation.max_new_tokens)
         results = Results()
         for row, reason in skipped.items():
             results.add(row, SKIPPED.format(reason), SKIP, 0, [""] * variants)
-        keys = [ad_key(self.key_context, p.prompt.text) for p in prompts]
+        keys = [ad_key(self.key_context, p.text) for p in prompts]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         missing = []
         for planned, key in zip(prompts, keys):
@@ -58,11 +61,12 @@ class Worker:
             else:
                 missing.append((planned, key))
         self._advance(len(results.rows))
+        self.planner.tokenize([planned for planned, _ in missing])
         # Longest first, as the generator sorts: the slices below then make the same batches.
         missing.sort(key=lambda item: -len(item[0].prompt.ids))
         # One batch per call, so a commit can follow any batch.
         step = settings.batch_size
-        new_ads: dict[str, list[str]] = {}
+        new_ads: dict[str, CachedAd] = {}
         last_commit = time.monotonic()
         for first in range(0, len(missing), step):
             part = missing[first : first + step]
@@ -73,8 +77,9 @@ class Worker:
             )
             for (planned, key), ads in zip(part, generations):
                 tokens = sum(g.new_tokens for g in ads)
-                _add(results, planned, MODEL, tokens, [g.text for g in ads])
-                new_ads[key] = [g.text for g in ads]
+                entry = CachedAd([g.text for g in ads], planned.prompt.truncated)
+                _add(results, planned, MODEL, tokens, entry)
+                new_ads[key] = entry
                 self.prompts += 1
                 self.new_tokens += tokens
             if time.monotonic() - last_commit >= COMMIT_SECONDS:
@@ -82,7 +87,7 @@ class Worker:
                 results, new_ads, last_commit = Results(), {}, time.monotonic()
         self._commit(chunk_start, results, new_ads)
 
-    def _commit(self, chunk_start: int, results: Results, new_ads: dict[str, list[str]]) -> None:
+    def _commit(self, chunk_start: int, results: Results, new_ads: dict[str, CachedAd]) -> None:
         if self.cache is not None and new_ads:
             self.cache.put_many(new_ads)
         if results.rows:
@@ -125,11 +130,11 @@ class Worker:
         return self.generator
 
 
-def _add(results: Results, planned: PlannedPrompt, source: str, tokens: int, ads: list[str]) -> None:
-    status = status_of(planned)
+def _add(results: Results, planned: PlannedPrompt, source: str, tokens: int, entry: CachedAd) -> None:
+    status = status_of(entry.truncated)
     for n, row in enumerate(planned.rows):
         # Rows sharing a prompt share one generation: its tokens count once.
-        results.add(row, status, source, tokens if n == 0 else 0, ads)
+        results.add(row, status, source, tokens if n == 0 else 0, entry.ads)
 
 
 def _without(plan: ChunkPlan, done: set[int]) -> ChunkPlan:
@@ -138,6 +143,6 @@ def _without(plan: ChunkPlan, done: set[int]) -> ChunkPlan:
     for planned in plan.prompts:
         rows = [row for row in planned.rows if row not in done]
         if rows:
-            prompts.append(PlannedPrompt(planned.prompt, rows))
+            prompts.append(dataclasses.replace(planned, rows=rows))
     skipped = {row: why for row, why in plan.skipped.items() if row not in done}
     return ChunkPlan(plan.start, plan.num_rows, prompts, skipped)

@@ -81,7 +81,9 @@ def test_example_masks_the_prompt_and_ends_with_eos(test_model, tmp_path):
 
     # The prompt is token for token what `run` feeds the model for the same row.
     catalog = open_catalog(write_csv(tmp_path / "row.csv", ["name", "description"], [[row.product, row.description]]))
-    plan = Planner(template, tokenizer, "name", "description", 256).plan(next(catalog.chunks()))
+    planner = Planner(template, tokenizer, "name", "description", 256)
+    plan = planner.plan(next(catalog.chunks()))
+    planner.tokenize(plan.prompts)
     assert plan.prompts[0].prompt.ids == prompt
 
     short, _ = build_example(tokenizer, template, TrainingRow("Mug", "", "Buy it!"), max_prompt_tokens=256)

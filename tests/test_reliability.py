@@ -12,6 +12,7 @@ import tomllib
 from adpulse_batch.cli import cli
 from adpulse_batch.generate import Generation, Generator
 from adpulse_batch.lock import OutputLock
+from adpulse_batch.plan import Planner
 from adpulse_batch.run import run_catalog
 from adpulse_batch.settings import GenerationSettings, ModelSettings, RunSettings
 from conftest import REPO, SAMPLE_CSV, read_csv, write_csv
@@ -55,6 +56,22 @@ def test_rerun_of_an_unchanged_catalog_comes_from_the_cache(run_ads, tmp_path):
     assert (r3["rows_generated"], r3["rows_from_cache"], r3["prompts_generated"]) == (3, 59, 3)
     changed = [i for i, (a, c) in enumerate(zip(read_csv(tmp_path / "a.csv")[1], read_csv(tmp_path / "c.csv")[1])) if a[-2] != c[-2]]
     assert set(changed) <= {3, 17, 40}
+
+
+def test_rows_from_the_cache_are_not_tokenized_and_keep_their_status(run_ads, monkeypatch, tmp_path):
+    source = catalog(tmp_path / "in.csv")
+    assert run_ads(source, "-o", tmp_path / "a.csv").exit_code == 0
+    tokenized = []
+    real = Planner.tokenize
+    monkeypatch.setattr(Planner, "tokenize", lambda self, prompts: tokenized.extend(prompts) or real(self, prompts))
+    assert run_ads(source, "-o", tmp_path / "b.csv", "--report", tmp_path / "r.json").exit_code == 0
+    assert report(tmp_path / "r.json")["rows_from_cache"] == 62 and tokenized == []
+    statuses = [row[-1] for row in read_csv(tmp_path / "b.csv")[1]]
+    assert statuses.count("ok: input truncated") == 1  # the 333-word description, cut in the first run
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    # Another prompt token limit is another key: the rows are generated again.
+    assert run_ads(source, "-o", tmp_path / "c.csv", "--max-prompt-tokens", 200, "--report", tmp_path / "r.json").exit_code == 0
+    assert report(tmp_path / "r.json")["rows_generated"] == 62
 
 
 def test_no_cache_and_a_cache_file_of_ones_own(run_ads, tmp_path):

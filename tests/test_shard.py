@@ -19,7 +19,7 @@ from conftest import SAMPLE_CSV, read_csv, write_csv
 
 
 def plan_of(lengths, skipped=()):
-    prompts = [PlannedPrompt(Prompt(f"p{i}", [7] * n), [10 * i, 10 * i + 1]) for i, n in enumerate(lengths)]
+    prompts = [PlannedPrompt(f"p{i}", (f"p{i}", ""), [10 * i, 10 * i + 1], Prompt(f"p{i}", [7] * n)) for i, n in enumerate(lengths)]
     return ChunkPlan(0, 100, prompts, {row: "why" for row in skipped})
 
 
