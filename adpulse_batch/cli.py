@@ -437,14 +437,18 @@ def _setup_logging(quiet: bool, log_format: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if chatty else logging.WARNING)
     # The libraries' own chatter (weight-loading bars, retries, deprecation notices) is not
-    # ours to show: a failure reaches the user as our one-line error. Their loggers are set
-    # up when they are imported, so import them first.
-    from huggingface_hub.utils import logging as hub_logging
-    from transformers.utils import logging as transformers_logging
+    # ours to show: a failure reaches the user as our one-line error.
+    from huggingface_hub import utils as hub_utils
 
-    hub_logging.set_verbosity_error()
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
+    hub_utils.logging.set_verbosity_error()
+    hub_utils.disable_progress_bars()  # transformers' bars follow this when it is imported
+    if "transformers" in sys.modules:  # already imported (a notebook, a test): set it directly
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    else:  # read when it is imported; importing it here would cost a run whose ads are all cached a second
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
     for name in ("peft", "accelerate", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -20,7 +20,7 @@ import pandas as pd
 from adpulse_batch.catalog import Chunk, find_prompt_columns
 from adpulse_batch.errors import InputError
 from adpulse_batch.model import load_model, load_template, load_tokenizer, resolve_device
-from adpulse_batch.plan import SKIPPED, Planner, status_of
+from adpulse_batch.plan import SKIPPED, Planner, PromptEncoder, status_of
 from adpulse_batch.settings import GenerationSettings, ModelSettings, ad_column_names
 
 
@@ -62,9 +62,8 @@ class AdWriter:
         by_name = dict(zip(columns, frame.columns))
         cells = {name: frame[by_name[name]].tolist() for name in (product, description) if name is not None}
         chunk = Chunk(0, records=[dict(zip(cells, row)) for row in zip(*cells.values())])
-        planner = Planner(self.template, self.tokenizer, product, description, self.max_prompt_tokens)
-        plan = planner.plan(chunk)
-        planner.tokenize(plan.prompts)
+        plan = Planner(self.template, product, description).plan(chunk)
+        PromptEncoder(self.template, self.tokenizer, self.max_prompt_tokens).encode(plan.prompts)
 
         ads = [[""] * len(self.ad_columns) for _ in range(len(frame))]
         status = [""] * len(frame)

@@ -151,27 +151,30 @@ def load_model(settings: ModelSettings, *, device: torch.device | None = None, t
 
 
 def load_base_config(base: str):
-    """The base model's config, checked to be a BLOOM model (the only kind run can generate with)."""
+    """The base model's config, checked to be a BLOOM model run can generate with."""
     from transformers import AutoConfig
 
-    config = _from_hub_or_dir(AutoConfig.from_pretrained, base, "base model")
-    if config.model_type != "bloom":
-        raise SettingsError(
-            f"--model {base!r} is a {config.model_type!r} model; adpulse-batch runs BLOOM models (bigscience/bloom-*)"
-        )
-    if config.apply_residual_connection_post_layernorm:
-        raise SettingsError(f"--model {base!r} is a BLOOM variant with post-layernorm residuals, which adpulse-batch does not run")
-    return config
+    _check_base(base)
+    return _from_hub_or_dir(AutoConfig.from_pretrained, base, "base model")
 
 
 def check_model(settings: ModelSettings) -> None:
-    """Fail before any work (and before loading weights) when the base model is not one run
-    can generate with or the adapter is not a LoRA adapter."""
-    load_base_config(base_model_name(settings))
+    """Fail before any work (and without loading weights, transformers or peft) when the
+    base model is not one run can generate with or the adapter is not a LoRA adapter."""
+    _check_base(base_model_name(settings))
     if settings.adapter is not None:
         kind = _adapter_config(settings.adapter).get("peft_type")
         if kind != "LORA":
             raise SettingsError(f"--adapter {settings.adapter!r} is a {kind} adapter; adpulse-batch applies LoRA adapters")
+
+
+def _check_base(base: str) -> None:
+    config = _json_file(base, "config.json", "base model")
+    kind = config.get("model_type")
+    if kind != "bloom":
+        raise SettingsError(f"--model {base!r} is a {kind!r} model; adpulse-batch runs BLOOM models (bigscience/bloom-*)")
+    if config.get("apply_residual_connection_post_layernorm"):
+        raise SettingsError(f"--model {base!r} is a BLOOM variant with post-layernorm residuals, which adpulse-batch does not run")
 
 
 def load_base_model(base: str, **kwargs):
@@ -195,22 +198,28 @@ def _merge_adapter(model, adapter: str, base: str):
     return peft_model.merge_and_unload()
 
 
-@functools.lru_cache(maxsize=8)
 def _adapter_config(adapter: str) -> dict:
-    """The adapter's adapter_config.json. Read as JSON, not through peft: importing peft
-    takes seconds, and a run whose ads all come from the cache never needs it."""
-    return json.loads(_from_hub_or_dir(_adapter_config_path, adapter, "adapter").read_text(encoding="utf-8"))
+    return _json_file(adapter, "adapter_config.json", "adapter")
 
 
-def _adapter_config_path(name: str) -> Path:
-    if is_local(name):
-        path = Path(name) / "adapter_config.json"
-        if not path.is_file():
-            raise OSError("it has no adapter_config.json (is it a PEFT adapter directory?)")
-        return path
-    from huggingface_hub import hf_hub_download
+@functools.lru_cache(maxsize=8)
+def _json_file(name: str, file: str, what: str) -> dict:
+    """A config file of a model or adapter directory or Hub repo. Read as JSON, not through
+    transformers or peft: importing them takes seconds, and a run whose ads all come from
+    the cache needs neither."""
 
-    return Path(hf_hub_download(name, "adapter_config.json"))
+    def read(name: str) -> dict:  # OSError and ValueError (bad JSON) become one line
+        if is_local(name):
+            path = Path(name) / file
+            if not path.is_file():
+                raise OSError(f"it has no {file} (is it a {'PEFT adapter' if what == 'adapter' else 'model'} directory?)")
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(name, file))
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    return _from_hub_or_dir(read, name, what)
 
 
 def _adapter_template(adapter: str) -> Template | None:

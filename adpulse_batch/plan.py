@@ -27,7 +27,7 @@ class PlannedPrompt:
     text: str  # the rendered prompt before any cut: the same text, the same ad
     fields: tuple[str, str]  # its product and description
     rows: list[int]
-    prompt: Prompt | None = None  # set by Planner.tokenize
+    prompt: Prompt | None = None  # set by PromptEncoder.encode
 
 
 def status_of(truncated: bool) -> str:
@@ -45,13 +45,11 @@ class ChunkPlan:
 
 @dataclass(frozen=True)
 class Planner:
-    """Renders the rows of each chunk with one template; tokenizes the prompts asked for."""
+    """Renders the rows of each chunk with one template."""
 
     template: Template
-    tokenizer: object
     product_column: str
     description_column: str | None
-    max_prompt_tokens: int
 
     def plan(self, chunk: Chunk) -> ChunkPlan:
         plan = ChunkPlan(chunk.start, chunk.num_rows)
@@ -74,8 +72,17 @@ class Planner:
         plan.prompts = list(planned.values())
         return plan
 
-    def tokenize(self, prompts: list[PlannedPrompt]) -> None:
-        """Give each prompt not yet tokenized its token ids, cut to --max-prompt-tokens."""
+
+@dataclass(frozen=True)
+class PromptEncoder:
+    """Tokenizes planned prompts, cutting the fields of those over --max-prompt-tokens."""
+
+    template: Template
+    tokenizer: object
+    max_prompt_tokens: int
+
+    def encode(self, prompts: list[PlannedPrompt]) -> None:
+        """Give each prompt not yet tokenized its token ids."""
         todo = [p for p in prompts if p.prompt is None]
         encoded = self.tokenizer([p.text for p in todo], add_special_tokens=False)["input_ids"] if todo else []
         for planned, ids in zip(todo, encoded):
@@ -85,7 +92,13 @@ class Planner:
                 planned.prompt = Prompt(planned.text, ids)
 
     def check(self) -> None:
-        """Fail before any work when the template alone does not fit --max-prompt-tokens."""
+        """Fail when the template alone does not fit --max-prompt-tokens."""
         ids = encode(self.tokenizer, self.template.render("", ""))
         if len(ids) > self.max_prompt_tokens:
             fit_prompt(self.template, self.tokenizer, "", "", ids, self.max_prompt_tokens)  # raises, naming the flag
+
+
+def template_fits_untokenized(template: Template, max_prompt_tokens: int) -> bool:
+    """True when the template alone surely fits `max_prompt_tokens`, known without a
+    tokenizer: BLOOM's byte-level BPE never makes more tokens than the text has bytes."""
+    return len(template.render("", "").encode("utf-8")) <= max_prompt_tokens

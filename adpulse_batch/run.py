@@ -32,7 +32,7 @@ from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_co
 from adpulse_batch.errors import InputError, SettingsError
 from adpulse_batch.lock import OutputLock
 from adpulse_batch.model import check_model, load_template, load_tokenizer, model_identity, resolve_device, resolve_dtype
-from adpulse_batch.plan import Planner
+from adpulse_batch.plan import Planner, PromptEncoder, template_fits_untokenized
 from adpulse_batch.settings import RunSettings
 from adpulse_batch.shard import current_workers
 from adpulse_batch.worker import Worker
@@ -93,7 +93,7 @@ class RunSummary:
 
 @dataclass
 class Job:
-    """A run whose invocation has been checked: paths, columns, template and tokenizer."""
+    """A run whose invocation has been checked: paths, columns, template, model."""
 
     settings: RunSettings
     catalog: Catalog
@@ -103,8 +103,7 @@ class Job:
 
 def prepare(settings: RunSettings) -> Job:
     """Check everything that can be checked before a model is loaded: input, columns,
-    output, template, tokenizer (which also finds the model and adapter), the kinds of model
-    and adapter."""
+    output, template, that the model and adapter exist and are of kinds run can use."""
     output = settings.output or default_output_path(settings.input)
     output_format = catalog_format(output, role="output")
     if output.resolve() == settings.input.resolve():
@@ -117,11 +116,12 @@ def prepare(settings: RunSettings) -> Job:
             flag = "--status-column" if name == settings.status_column else "--ad-column"
             raise InputError(f"the input already has a column named {name!r}; choose another name with {flag}")
     template = load_template(settings.model, settings.template)
-    tokenizer = load_tokenizer(settings.model)
     check_model(settings.model)
-    planner = Planner(template, tokenizer, product, description, settings.max_prompt_tokens)
-    planner.check()
-    return Job(settings, catalog, output, planner)
+    # The tokenizer (and transformers with it) loads when a prompt is first tokenized: a run
+    # whose ads all come from the cache never needs it.
+    if not template_fits_untokenized(template, settings.max_prompt_tokens):
+        PromptEncoder(template, load_tokenizer(settings.model), settings.max_prompt_tokens).check()
+    return Job(settings, catalog, output, Planner(template, product, description))
 
 
 def work_dir_for(settings: RunSettings, output: Path) -> Path:

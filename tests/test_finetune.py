@@ -65,7 +65,7 @@ def trained(test_model, tmp_path_factory):
 def test_example_masks_the_prompt_and_ends_with_eos(test_model, tmp_path):
     from adpulse_batch.catalog import open_catalog
     from adpulse_batch.finetune import IGNORE, Padder, build_example
-    from adpulse_batch.plan import Planner
+    from adpulse_batch.plan import Planner, PromptEncoder
     from adpulse_batch.training_data import TrainingRow
 
     tokenizer = tokenizer_of(test_model[0])
@@ -81,9 +81,8 @@ def test_example_masks_the_prompt_and_ends_with_eos(test_model, tmp_path):
 
     # The prompt is token for token what `run` feeds the model for the same row.
     catalog = open_catalog(write_csv(tmp_path / "row.csv", ["name", "description"], [[row.product, row.description]]))
-    planner = Planner(template, tokenizer, "name", "description", 256)
-    plan = planner.plan(next(catalog.chunks()))
-    planner.tokenize(plan.prompts)
+    plan = Planner(template, "name", "description").plan(next(catalog.chunks()))
+    PromptEncoder(template, tokenizer, 256).encode(plan.prompts)
     assert plan.prompts[0].prompt.ids == prompt
 
     short, _ = build_example(tokenizer, template, TrainingRow("Mug", "", "Buy it!"), max_prompt_tokens=256)

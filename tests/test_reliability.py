@@ -9,10 +9,13 @@ import sys
 import time
 import tomllib
 
+import pytest
+
+import adpulse_batch.model
+import adpulse_batch.run
 from adpulse_batch.cli import cli
 from adpulse_batch.generate import Generation, Generator
 from adpulse_batch.lock import OutputLock
-from adpulse_batch.plan import Planner
 from adpulse_batch.run import run_catalog
 from adpulse_batch.settings import GenerationSettings, ModelSettings, RunSettings
 from conftest import REPO, SAMPLE_CSV, read_csv, write_csv
@@ -61,11 +64,11 @@ def test_rerun_of_an_unchanged_catalog_comes_from_the_cache(run_ads, tmp_path):
 def test_rows_from_the_cache_are_not_tokenized_and_keep_their_status(run_ads, monkeypatch, tmp_path):
     source = catalog(tmp_path / "in.csv")
     assert run_ads(source, "-o", tmp_path / "a.csv").exit_code == 0
-    tokenized = []
-    real = Planner.tokenize
-    monkeypatch.setattr(Planner, "tokenize", lambda self, prompts: tokenized.extend(prompts) or real(self, prompts))
-    assert run_ads(source, "-o", tmp_path / "b.csv", "--report", tmp_path / "r.json").exit_code == 0
-    assert report(tmp_path / "r.json")["rows_from_cache"] == 62 and tokenized == []
+    with monkeypatch.context() as patch:  # a run whose ads are all cached needs no tokenizer
+        for module in (adpulse_batch.model, adpulse_batch.run):
+            patch.setattr(module, "load_tokenizer", lambda settings: pytest.fail("the tokenizer was loaded"))
+        assert run_ads(source, "-o", tmp_path / "b.csv", "--report", tmp_path / "r.json").exit_code == 0
+    assert report(tmp_path / "r.json")["rows_from_cache"] == 62
     statuses = [row[-1] for row in read_csv(tmp_path / "b.csv")[1]]
     assert statuses.count("ok: input truncated") == 1  # the 333-word description, cut in the first run
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
