@@ -3,8 +3,8 @@ or changed products.
 
 A key is a hash of everything that decides an ad: the model and adapter (names plus Hub
 revisions or file hashes), the dtype, the generation settings (seed included), the prompt
-token limit and the prompt as rendered (which holds the template and the row's fields), so
-a row is looked up before it is tokenized. With the ads goes whether the prompt had to be
+token limit, the prompt as rendered (which holds the template) and the row's fields (a prompt
+too long is cut field by field), so a row is looked up before it is tokenized. With the ads goes whether the prompt had to be
 cut. Two runs may share the file (WAL journal, busy timeout); a file that is not a readable
 cache is set aside, never a reason to fail the run.
 """
@@ -52,9 +52,10 @@ def key_context(identity: dict, dtype: str, generation: dict, max_prompt_tokens:
     )  # fmt: skip
 
 
-def ad_key(context: str, prompt: str) -> str:
-    """The cache key of one prompt under a run's `key_context`."""
-    return hashlib.sha256(f"{context}\0{prompt}".encode()).hexdigest()
+def ad_key(context: str, prompt: str, fields: tuple[str, str]) -> str:
+    """The cache key of one prompt (as rendered, and the product and description it was
+    rendered from) under a run's `key_context`."""
+    return hashlib.sha256("\0".join([context, prompt, *fields]).encode()).hexdigest()
 
 
 def file_digest(path: Path) -> str:

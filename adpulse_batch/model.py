@@ -160,8 +160,12 @@ def load_base_config(base: str):
 
 def check_model(settings: ModelSettings) -> None:
     """Fail before any work (and without loading weights, transformers or peft) when the
-    base model is not one run can generate with or the adapter is not a LoRA adapter."""
-    _check_base(base_model_name(settings))
+    base model is not one run can generate with, the adapter is not a LoRA adapter, or the
+    tokenizer's files are missing."""
+    base = base_model_name(settings)
+    _check_base(base)
+    if not _has_tokenizer(settings.adapter):
+        _json_file(base, "tokenizer_config.json", "base model")
     if settings.adapter is not None:
         kind = _adapter_config(settings.adapter).get("peft_type")
         if kind != "LORA":

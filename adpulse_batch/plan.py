@@ -24,8 +24,8 @@ SKIP_EMPTY = "no product name or description"
 class PlannedPrompt:
     """A unique prompt of a chunk and the row ids that share it."""
 
-    text: str  # the rendered prompt before any cut: the same text, the same ad
-    fields: tuple[str, str]  # its product and description
+    text: str  # the rendered prompt before any cut
+    fields: tuple[str, str]  # its product and description: a prompt too long is cut field by field
     rows: list[int]
     prompt: Prompt | None = None  # set by PromptEncoder.encode
 
@@ -55,7 +55,9 @@ class Planner:
         plan = ChunkPlan(chunk.start, chunk.num_rows)
         products = chunk.values(self.product_column)
         descriptions = chunk.values(self.description_column)
-        planned: dict[str, PlannedPrompt] = {}  # by prompt text
+        # By fields, not rendered text: "A: B" + "C" and "A" + "B: C" render alike but are cut
+        # differently when too long.
+        planned: dict[tuple[str, str], PlannedPrompt] = {}
         for offset, (product, description) in enumerate(zip(products, descriptions)):
             row = chunk.start + offset
             if offset in chunk.problems:
@@ -65,10 +67,10 @@ class Planner:
             if not product and not description:
                 plan.skipped[row] = SKIP_EMPTY
                 continue
-            text = self.template.render(product, description)
-            if text not in planned:
-                planned[text] = PlannedPrompt(text, (product, description), [])
-            planned[text].rows.append(row)
+            fields = (product, description)
+            if fields not in planned:
+                planned[fields] = PlannedPrompt(self.template.render(product, description), fields, [])
+            planned[fields].rows.append(row)
         plan.prompts = list(planned.values())
         return plan
 

@@ -156,7 +156,7 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
         # One progress bar, in the main process, counting every worker's rows. Log lines
         # (model loading) print above it instead of through it.
         bar = tqdm(
-            total=job.catalog.num_rows, initial=resumed, unit="rows", file=sys.stderr,
+            total=job.catalog.num_rows, initial=min(resumed, job.catalog.num_rows), unit="rows", file=sys.stderr,
             disable=not (progress and workers.is_main), dynamic_ncols=True,
         )  # fmt: skip
         with bar, logging_redirect_tqdm():

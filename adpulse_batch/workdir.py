@@ -80,11 +80,15 @@ class WorkDir:
         try:
             found = json.loads((self.path / MANIFEST).read_text())
         except (OSError, ValueError):
+            found = None
+        if not isinstance(found, dict) or "fingerprint" not in found:
             raise InputError(
                 f"the work directory {self.path} exists and is not one adpulse-batch made; "
                 "name a new or empty directory with --work-dir"
-            ) from None
-        if found.get("output") != str(Path(output).resolve()):
+            )
+        # A manifest without an output is from a release before outputs were recorded: its
+        # fingerprint cannot match, so its work is started over.
+        if found.setdefault("output", str(Path(output).resolve())) != str(Path(output).resolve()):
             raise InputError(
                 f"the work directory {self.path} holds the work of a run writing {found.get('output')}; "
                 "give each output its own --work-dir"

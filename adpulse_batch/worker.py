@@ -53,7 +53,7 @@ class Worker:
         results = Results()
         for row, reason in skipped.items():
             results.add(row, SKIPPED.format(reason), SKIP, 0, [""] * variants)
-        keys = [ad_key(self.key_context, p.text) for p in prompts]
+        keys = [ad_key(self.key_context, p.text, p.fields) for p in prompts]
         cached = self.cache.get_many(keys) if self.cache is not None else {}
         missing = []
         for planned, key in zip(prompts, keys):
@@ -66,8 +66,9 @@ class Worker:
             self._encoder().encode([planned for planned, _ in missing])
         # Longest first, as the generator sorts: the slices below then make the same batches.
         missing.sort(key=lambda item: -len(item[0].prompt.ids))
-        # One batch per call, so a commit can follow any batch.
-        step = settings.batch_size
+        # One batch per call (a prompt makes one request per variant), so a commit can follow
+        # any batch.
+        step = max(1, settings.batch_size // variants)
         new_ads: dict[str, CachedAd] = {}
         last_commit = time.monotonic()
         for first in range(0, len(missing), step):

@@ -228,6 +228,17 @@ def test_models_run_cannot_use_are_refused_before_any_work(run_cli, test_model, 
     assert result.stderr.strip() == f"Error: --adapter '{ia3}' is a IA3 adapter; adpulse-batch applies LoRA adapters"
     assert not (tmp_path / "out.csv").exists() and not (tmp_path / ".out.csv.adpulse-work").exists()
 
+    bare = tmp_path / "bare"
+    shutil.copytree(model, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (bare / name).unlink()
+    result = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "out.csv", "--adapter", "none", "--model", bare)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"Error: cannot load the base model from {bare}: it has no tokenizer_config.json (is it a model directory?); check --model"
+    )
+    assert not (tmp_path / "out.csv").exists() and not (tmp_path / ".out.csv.adpulse-work").exists()
+
 
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "adpulse_batch", "--help"], capture_output=True, text=True, cwd=REPO)

@@ -66,3 +66,23 @@ def test_adapter_directory_carries_its_template(tmp_path):
     assert adapter_template(tmp_path) is None
     (tmp_path / ADAPTER_METADATA).write_text(json.dumps({"template": "Product: {product}\nAd:"}))
     assert adapter_template(tmp_path) == Template("Product: {product}\nAd:")
+
+
+def test_rows_are_one_prompt_when_their_fields_are_the_same():
+    from adpulse_batch.catalog import Chunk
+    from adpulse_batch.plan import Planner
+
+    records = [
+        {"name": "Sofa", "description": "Red velvet"},
+        {"name": "Sofa: red velvet", "description": "Oak legs"},
+        {"name": "Sofa", "description": "Red velvet"},
+        {"name": "Sofa", "description": "red velvet: Oak legs"},
+    ]
+    plan = Planner(Template(), "name", "description").plan(Chunk(10, records=records))
+    assert [(p.fields, p.rows) for p in plan.prompts] == [
+        (("Sofa", "Red velvet"), [10, 12]),
+        (("Sofa: red velvet", "Oak legs"), [11]),
+        # Renders as the row above, but a prompt too long is cut field by field: not the same prompt.
+        (("Sofa", "red velvet: Oak legs"), [13]),
+    ]
+    assert plan.prompts[1].text == plan.prompts[2].text

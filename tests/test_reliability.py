@@ -137,6 +137,12 @@ def test_work_dir_is_never_someone_elses(run_ads, tmp_path):
     assert result.exit_code == 2 and "give each output its own --work-dir" in result.stderr
     assert sorted(shared.glob("part-*")) == parts and not (tmp_path / "b.csv").exists()
 
+    # Work left by a release whose manifest did not record the output: started over.
+    (shared / "manifest.json").write_text('{"fingerprint": "from an older release"}')
+    result = run_ads(source, "-o", tmp_path / "a.csv", "--work-dir", shared, "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    assert report(tmp_path / "r.json")["rows_resumed"] == 0 and not shared.exists()
+
 
 def test_kept_work_of_a_higher_limit_serves_a_lower_one(run_ads, tmp_path):
     source = catalog(tmp_path / "in.csv", rows=20)
