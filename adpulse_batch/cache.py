@@ -2,8 +2,9 @@
 or changed products.
 
 A key is a hash of everything that decides an ad: the model and adapter (names plus Hub
-revisions or file hashes), the dtype, the generation settings (seed included), the prompt
-token limit, the prompt as rendered (which holds the template) and the row's fields (a prompt
+revisions or file hashes), the engine (name, version, device type, dtype and the library
+versions its numerics depend on), the generation settings (seed included), the prompt
+token limit, whether prompts are chat-rendered, the prompt as rendered (which holds the template) and the row's fields (a prompt
 too long is cut field by field), so a row is looked up before it is tokenized. With the ads goes whether the prompt had to be
 cut. Two runs may share the file (WAL journal, busy timeout); a file that is not a readable
 cache is set aside, never a reason to fail the run.
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 # Raise when a release changes what the same key would produce (generation, cleaning) or
 # how an entry is stored.
-GENERATION_VERSION = 2
+GENERATION_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -44,10 +45,13 @@ def default_cache_path() -> Path:
     return root / "adpulse-batch" / "ads.sqlite"
 
 
-def key_context(identity: dict, dtype: str, generation: dict, max_prompt_tokens: int) -> str:
+def key_context(identity: dict, engine: dict, generation: dict, *, max_prompt_tokens: int, chat: bool) -> str:
     """What, besides the rendered prompt, decides an ad."""
     return json.dumps(
-        {"version": GENERATION_VERSION, "model": identity, "dtype": dtype, "generation": generation, "max_prompt_tokens": max_prompt_tokens},
+        {
+            "version": GENERATION_VERSION, "model": identity, "engine": engine, "generation": generation,
+            "max_prompt_tokens": max_prompt_tokens, "chat": chat,
+        },
         sort_keys=True,
     )  # fmt: skip
 

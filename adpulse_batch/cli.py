@@ -15,6 +15,8 @@ import click
 
 from adpulse_batch import __version__
 from adpulse_batch.errors import AdPulseError
+from adpulse_batch.engines import ENGINES
+from adpulse_batch.families import FAMILIES
 from adpulse_batch.settings import DEFAULT_ADAPTER, DEFAULT_BASE_MODEL, DEVICES, DTYPES, QUANTIZE
 
 log = logging.getLogger("adpulse_batch")
@@ -54,7 +56,7 @@ def _fail(message: str, code: int):
 @click.group(cls=AdPulseGroup)
 @click.version_option(__version__, prog_name="adpulse-batch")
 def cli():
-    """Turn product catalogs into ad copy with a LoRA-tuned BLOOM, as a batch job.
+    """Turn product catalogs into ad copy with an open model (BLOOM, Llama, Qwen, ...), as a batch job.
 
     \b
     Example:
@@ -75,7 +77,7 @@ def device_options(command):
 
 
 def model_options(command):
-    """--model, --adapter, --device, --dtype: which model writes the ads, and where it runs."""
+    """--model, --adapter, --engine, --device, --dtype: which model writes the ads, and where it runs."""
 
     @click.option(
         "--model",
@@ -91,13 +93,22 @@ def model_options(command):
         metavar="DIR|HUB_ID|none",
         help="PEFT LoRA adapter (directory or Hub id), merged into the base; 'none' for the base model alone. Env: ADPULSE_ADAPTER.",
     )
+    @click.option(
+        "--engine",
+        envvar="ADPULSE_ENGINE",
+        type=click.Choice(list(ENGINES)),
+        default="torch",
+        show_default=True,
+        help="What generates: torch (our batched decoding over transformers, CPU or one GPU). Env: ADPULSE_ENGINE.",
+    )
     @device_options
     @functools.wraps(command)
-    def wrapper(*args, model, adapter, device, dtype, **kwargs):
+    def wrapper(*args, model, adapter, engine, device, dtype, **kwargs):
         from adpulse_batch.settings import ModelSettings
 
         adapter = None if adapter is None or adapter.lower() == "none" else adapter
-        return command(*args, model_settings=ModelSettings(model=model, adapter=adapter, device=device, dtype=dtype), **kwargs)
+        settings = ModelSettings(model=model, adapter=adapter, device=device, dtype=dtype, engine=engine)
+        return command(*args, model_settings=settings, **kwargs)
 
     return wrapper
 
@@ -111,7 +122,7 @@ def base_model_options(command):
         default=DEFAULT_BASE_MODEL,
         show_default=True,
         metavar="DIR|HUB_ID",
-        help="Base model to train the adapter on (directory or Hub id; a BLOOM model). Env: ADPULSE_MODEL.",
+        help=f"Base model to train the adapter on (directory or Hub id; model type {', '.join(FAMILIES)}). Env: ADPULSE_MODEL.",
     )
     @device_options
     @functools.wraps(command)
@@ -135,6 +146,16 @@ def column_options(command):
         "--product-column",
         metavar="COLUMN",
         help="Column with the product name. Default: the first of product, product_name, name, title (any case).",
+    )(command)
+
+
+def chat_option(command):
+    """--chat/--no-chat: prompts through the tokenizer's chat template, for instruct models."""
+    return click.option(
+        "--chat/--no-chat",
+        default=None,
+        help="Render prompts through the tokenizer's chat template (the template's instruction as the system message, "
+        "product and description as the user message). Default: as the adapter was trained; plain for a new adapter.",
     )(command)
 
 
@@ -179,6 +200,7 @@ JOB_PATHS = {"input", "output", "template", "report", "work_dir", "cache"}
 @click.option("--limit", type=int, metavar="N", help="Process only the first N rows (to try a setting on a big file).")
 @model_options
 @click.option("--template", type=click.Path(path_type=Path), metavar="FILE", help="Prompt template file with {product} and {description}. Default: the adapter's own, else the AdPulse prompt.")
+@chat_option
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Rows generated together.")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Most tokens per ad.")
 @click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts have their description cut to fit (status 'ok: input truncated').")
@@ -205,7 +227,7 @@ JOB_PATHS = {"input", "output", "template", "report", "work_dir", "cache"}
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no log lines, no summary.")
 @click.pass_context
 def run(ctx, input, output, product_column, description_column, ad_column, status_column, encoding, limit, model_settings,
-        template, batch_size, max_new_tokens, max_prompt_tokens, num_variants, temperature, top_p, seed, max_chars,
+        template, chat, batch_size, max_new_tokens, max_prompt_tokens, num_variants, temperature, top_p, seed, max_chars,
         cache, no_cache, work_dir, keep_work, no_csv_safe, report, num_processes, log_format, quiet):
     """Write an ad for every product of a catalog.
 
@@ -236,6 +258,7 @@ def run(ctx, input, output, product_column, description_column, ad_column, statu
         encoding=encoding,
         limit=limit,
         template=template,
+        chat=chat,
         model=model_settings,
         generation=GenerationSettings(
             max_new_tokens=max_new_tokens,
@@ -314,11 +337,12 @@ def _without_option(args: list[str], name: str) -> list[str]:
 @click.option("--ad-column", metavar="COLUMN", help="Column with the ad to learn. Default: the first of ad, ad_copy, ad_text, advert, advertisement.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV and JSONL data.")
 @click.option("--template", type=click.Path(path_type=Path), metavar="FILE", help="Prompt template file with {product} and {description}; saved with the adapter. Default: the AdPulse prompt.")
+@chat_option
 @base_model_options
 @click.option("--lora-r", type=int, default=16, show_default=True, help="LoRA rank.")
 @click.option("--lora-alpha", type=int, default=32, show_default=True, help="LoRA scaling numerator (the update is scaled by alpha / r).")
 @click.option("--lora-dropout", type=float, default=0.05, show_default=True, help="Dropout on the adapter's input during training.")
-@click.option("--lora-target-modules", default="query_key_value", show_default=True, metavar="NAMES", help="Comma-separated linear layers to adapt (BLOOM: query_key_value, dense, dense_h_to_4h, dense_4h_to_h).")
+@click.option("--lora-target-modules", metavar="NAMES", help="Comma-separated linear layers to adapt, or all-linear. Default: PEFT's for the model's family (BLOOM: query_key_value; Llama, Mistral, Qwen, Gemma: q_proj,v_proj; Phi-3: qkv_proj).")
 @click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="Peak learning rate (AdamW; linear warmup, then linear decay).")
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Examples per device per forward pass.")
 @click.option("--grad-accum", type=int, default=4, show_default=True, help="Forward passes per optimizer step.")
@@ -336,7 +360,7 @@ def _without_option(args: list[str], name: str) -> list[str]:
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in ADAPTER_DIR (same data and settings).")
 @click.option("--merge", is_flag=True, help="Also write the base model with the adapter merged in to ADAPTER_DIR/merged.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no log lines, no summary.")
-def finetune(data, output, product_column, description_column, ad_column, encoding, template, model_settings,
+def finetune(data, output, product_column, description_column, ad_column, encoding, template, chat, model_settings,
              lora_r, lora_alpha, lora_dropout, lora_target_modules, learning_rate, batch_size, grad_accum, max_steps,
              epochs, warmup_steps, seed, eval_fraction, eval_steps, log_steps, save_steps, max_prompt_tokens,
              gradient_checkpointing, quantize, resume, merge, quiet):
@@ -363,12 +387,13 @@ def finetune(data, output, product_column, description_column, ad_column, encodi
         ad_column=ad_column,
         encoding=encoding,
         template=template,
+        chat=bool(chat),
         model=model_settings,
         lora=LoraSettings(
             r=lora_r,
             alpha=lora_alpha,
             dropout=lora_dropout,
-            target_modules=tuple(name.strip() for name in lora_target_modules.split(",")),
+            target_modules=tuple(name.strip() for name in lora_target_modules.split(",")) if lora_target_modules is not None else None,
         ),
         training=TrainingSettings(
             learning_rate=learning_rate,
@@ -404,10 +429,11 @@ def finetune(data, output, product_column, description_column, ad_column, encodi
 
 @cli.command("make-test-model")
 @click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--arch", type=click.Choice(list(FAMILIES)), default="bloom", show_default=True, help="The model family: its architecture and its tokenizer's quirks (BOS, end-of-text ids, chat template).")
 @click.option("--adapter", "adapter_dir", type=click.Path(path_type=Path), metavar="DIR", help="Also write a random LoRA adapter for it here.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights.")
-def make_test_model(directory, adapter_dir, seed):
-    """Write a tiny random BLOOM and a tokenizer trained on the spot (no download).
+def make_test_model(directory, arch, adapter_dir, seed):
+    """Write a tiny random model and a tokenizer trained on the spot (no download).
 
     For smoke-testing pipelines in seconds: the ads are gibberish, but every step of a
     real run happens.
@@ -416,12 +442,14 @@ def make_test_model(directory, adapter_dir, seed):
     Example:
         adpulse-batch make-test-model /tmp/tiny --adapter /tmp/tiny-adapter
         adpulse-batch run sample_catalogs/catalog.csv --adapter /tmp/tiny-adapter
+        adpulse-batch make-test-model /tmp/tiny-qwen --arch qwen2
+        adpulse-batch run sample_catalogs/catalog.csv --model /tmp/tiny-qwen --adapter none --chat
     """
     _setup_logging(quiet=False)
     from adpulse_batch.testmodel import make_test_model as make
 
-    make(directory, adapter_path=adapter_dir, seed=seed)
-    click.echo(f"wrote a test model to {directory}" + (f" and an adapter to {adapter_dir}" if adapter_dir else ""), err=True)
+    make(directory, arch=arch, adapter_path=adapter_dir, seed=seed)
+    click.echo(f"wrote a test {arch} model to {directory}" + (f" and an adapter to {adapter_dir}" if adapter_dir else ""), err=True)
 
 
 def _setup_logging(quiet: bool, log_format: str = "text") -> None:

@@ -30,8 +30,9 @@ from transformers.utils.import_utils import BITSANDBYTES_MIN_VERSION
 
 from adpulse_batch import __version__
 from adpulse_batch.errors import SettingsError
-from adpulse_batch.model import is_local, load_base_config, load_base_model, load_tokenizer, resolve_device, resolve_dtype
-from adpulse_batch.prompts import ADAPTER_METADATA, Template, adapter_metadata, encode, fit_prompt
+from adpulse_batch.families import FAMILIES
+from adpulse_batch.model import is_local, load_base_config, load_base_model, load_template, load_tokenizer, resolve_device, resolve_dtype
+from adpulse_batch.prompts import ADAPTER_METADATA, PromptBuilder, adapter_metadata, encode
 from adpulse_batch.settings import FinetuneSettings, ModelSettings
 from adpulse_batch.training_data import TrainingData, TrainingRow, read_training_data
 
@@ -53,15 +54,13 @@ class Example:
     labels: list[int]
 
 
-def build_example(tokenizer, template: Template, row: TrainingRow, *, max_prompt_tokens: int) -> tuple[Example, bool]:
-    """The example for one row, and whether its prompt had to be cut to `max_prompt_tokens`
-    (cut as `run` cuts it: the description first, the template never)."""
-    prompt = encode(tokenizer, template.render(row.product, row.description))
-    truncated = len(prompt) > max_prompt_tokens
-    if truncated:
-        prompt = fit_prompt(template, tokenizer, row.product, row.description, prompt, max_prompt_tokens).ids
+def build_example(builder: PromptBuilder, row: TrainingRow) -> tuple[Example, bool]:
+    """The example for one row, and whether its prompt had to be cut to fit (cut as `run`
+    cuts it: the description first, the template never)."""
+    prompt = builder.build(row.product, row.description)
+    tokenizer = builder.tokenizer
     ad = encode(tokenizer, row.ad) + [tokenizer.eos_token_id]
-    return Example(prompt + ad, [IGNORE] * len(prompt) + ad), truncated
+    return Example(prompt.ids + ad, [IGNORE] * len(prompt.ids) + ad), prompt.truncated
 
 
 @dataclass(frozen=True)
@@ -129,7 +128,6 @@ class Job:
 def prepare(settings: FinetuneSettings) -> Job:
     """Check everything that can be checked before the model is loaded: flags, output
     directory, the machine, the base model's config, the data."""
-    template = Template.from_file(settings.template) if settings.template is not None else Template()
     resume_from = _check_output(settings)
     device = resolve_device(settings.model.device)
     dtype, precision = _precision(device, settings.model.dtype)
@@ -148,15 +146,19 @@ def prepare(settings: FinetuneSettings) -> Job:
         # adapter_config.json records the base as given; `run` must find it from anywhere.
         base = str(Path(base).expanduser().resolve())
     config = load_base_config(base)
-    _check_target_modules(config, settings.lora.target_modules, base)
-    tokenizer = load_tokenizer(ModelSettings(model=base, adapter=None, device=settings.model.device, dtype=settings.model.dtype))
+    targets = settings.lora.target_modules or FAMILIES[config.model_type].lora_target_modules
+    _check_target_modules(config, targets, base)
+    model = ModelSettings(model=base, adapter=None, device=settings.model.device, dtype=settings.model.dtype)
+    template = load_template(model, settings.template, settings.chat)
+    tokenizer = load_tokenizer(model)
+    builder = PromptBuilder(template, tokenizer, settings.max_prompt_tokens)
     train, eval_examples, truncated = [], [], 0
     for rows, examples in ((data.train, train), (data.eval, eval_examples)):
         for row in rows:
-            example, cut = build_example(tokenizer, template, row, max_prompt_tokens=settings.max_prompt_tokens)
+            example, cut = build_example(builder, row)
             examples.append(example)
             truncated += cut
-    record = _record(settings, base, template, data, prompts_truncated=truncated, precision=precision)
+    record = _record(settings, base, template, targets, data, prompts_truncated=truncated, precision=precision)
     if resume_from is not None:
         _check_resume(record, resume_from)
     # Checks done: now say what will happen.
@@ -209,12 +211,13 @@ def loss_history(log_history: list[dict]) -> dict[str, list[list[float]]]:
     }
 
 
-def _record(settings: FinetuneSettings, base: str, template: Template, data: TrainingData, *, prompts_truncated: int, precision: str) -> dict:
+def _record(settings: FinetuneSettings, base: str, template, targets: tuple[str, ...], data: TrainingData, *, prompts_truncated: int, precision: str) -> dict:
     """What adpulse.json says before training: what is trained, on what, how."""
     record = {
         "version": __version__,
         "base_model": base,
         "template": template.text,
+        "chat": template.chat,
         "columns": data.columns,
         "data": {
             "source": settings.data,
@@ -226,7 +229,7 @@ def _record(settings: FinetuneSettings, base: str, template: Template, data: Tra
             "prompts_truncated": prompts_truncated,
         },
         "settings": {
-            "lora": asdict(settings.lora),
+            "lora": {**asdict(settings.lora), "target_modules": list(targets)},
             "training": asdict(settings.training),
             "max_prompt_tokens": settings.max_prompt_tokens,
             "eval_fraction": settings.eval_fraction,
@@ -281,9 +284,13 @@ def _check_quantize(quantize: str | None, device: torch.device) -> None:
 
 
 def _check_target_modules(config, targets: tuple[str, ...], base: str) -> None:
-    """Every --lora-target-modules name must be a linear layer of the base model. Checked on
-    a weightless copy (meta device), so a typo costs no model load."""
+    """Every --lora-target-modules name must be a linear layer of the base model (or the
+    one name `all-linear`, PEFT's every linear layer but the output head). Checked on a
+    weightless copy (meta device), so a typo costs no model load."""
     from transformers import AutoModelForCausalLM
+
+    if targets == ("all-linear",):
+        return
 
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config)
@@ -317,6 +324,7 @@ def _weights_key(record: dict) -> dict:
     return {
         "base_model": record["base_model"],
         "template": record["template"],
+        "chat": record.get("chat", False),
         "columns": record["columns"],
         "data sha256": record["data"]["sha256"],
         **settings,
@@ -361,12 +369,14 @@ def _load_for_training(job: Job):
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=settings.training.gradient_checkpointing)
     lora = settings.lora
+    targets = job.record["settings"]["lora"]["target_modules"]
     set_seed(settings.training.seed)  # the adapter's initial weights
     config = LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
+        # PEFT takes "all-linear" as a string, not as a module name in a list.
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
         bias="none",
         task_type="CAUSAL_LM",
     )

@@ -19,8 +19,9 @@ import pandas as pd
 
 from adpulse_batch.catalog import Chunk, find_prompt_columns
 from adpulse_batch.errors import InputError
-from adpulse_batch.model import load_model, load_template, load_tokenizer, resolve_device
-from adpulse_batch.plan import SKIPPED, Planner, PromptEncoder, status_of
+from adpulse_batch.model import check_model, load_template, load_tokenizer, resolve_device
+from adpulse_batch.plan import SKIPPED, Planner, encode_prompts, status_of
+from adpulse_batch.prompts import PromptBuilder
 from adpulse_batch.settings import GenerationSettings, ModelSettings, ad_column_names
 
 
@@ -38,6 +39,7 @@ class AdWriter:
         status_column: str = "ad_status",
         batch_size: int = 32,
         max_prompt_tokens: int = 256,
+        chat: bool | None = None,
     ):
         self.model = model or ModelSettings()
         self.generation = generation or GenerationSettings()
@@ -45,9 +47,10 @@ class AdWriter:
         self.status_column = status_column
         self.ad_columns = ad_column_names(ad_column, self.generation.num_variants)
         self.batch_size = batch_size
-        self.max_prompt_tokens = max_prompt_tokens
-        self.template = load_template(self.model, None)
-        self.tokenizer = load_tokenizer(self.model)
+        self.template = load_template(self.model, None, chat)
+        check_model(self.model)
+        self.builder = PromptBuilder(self.template, load_tokenizer(self.model), max_prompt_tokens)
+        self.builder.check()
         self._generator = None
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +66,7 @@ class AdWriter:
         cells = {name: frame[by_name[name]].tolist() for name in (product, description) if name is not None}
         chunk = Chunk(0, records=[dict(zip(cells, row)) for row in zip(*cells.values())])
         plan = Planner(self.template, product, description).plan(chunk)
-        PromptEncoder(self.template, self.tokenizer, self.max_prompt_tokens).encode(plan.prompts)
+        encode_prompts(self.builder, plan.prompts)
 
         ads = [[""] * len(self.ad_columns) for _ in range(len(frame))]
         status = [""] * len(frame)
@@ -81,8 +84,7 @@ class AdWriter:
 
     def _generator_for(self):
         if self._generator is None:
-            from adpulse_batch.generate import Generator
+            from adpulse_batch.generate import load_generator
 
-            loaded = load_model(self.model, device=resolve_device(self.model.device), tokenizer=self.tokenizer)
-            self._generator = Generator(loaded, self.template, self.generation)
+            self._generator = load_generator(self.model, self.builder, self.generation, device=resolve_device(self.model.device))
         return self._generator

@@ -1,8 +1,10 @@
-"""Batched generation: length-sorted batches, left padding, stopping, and clean ad text.
+"""Writing ads with an engine: batches, seeds, where an ad stops, and clean ad text.
 
-Greedy output of a row does not depend on the other rows of its batch: each row is padded
-and masked so that it sees only its own prompt, and sampled rows draw from a generator seeded
-by the row's own prompt and variant number.
+This is the policy every engine shares, so that every engine writes ads the same way:
+prompts are sorted by length and cut into batches; a sampled request draws from a seed made
+of its prompt and variant number (so an ad does not depend on its batch); every answer is
+cut at the first end-of-text id or where its text starts a new `###` section, whatever the
+engine did there; the text is cleaned.
 """
 
 from __future__ import annotations
@@ -12,14 +14,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
-
-from adpulse_batch.bloom import Bloom, attention_bias
-from adpulse_batch.model import LoadedModel
-from adpulse_batch.prompts import Prompt, Template, encode, one_line
-from adpulse_batch.settings import GenerationSettings
+from adpulse_batch.engines import Decoding, Engine, Request, engine_class
+from adpulse_batch.prompts import Prompt, PromptBuilder, one_line
+from adpulse_batch.settings import GenerationSettings, ModelSettings
 
 STOP_TEXT = "###"  # a new section of the template: the ad is over
+_BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece byte fallback
 
 
 @dataclass(frozen=True)
@@ -32,24 +32,51 @@ class Generation:
     ids: tuple[int, ...] = ()  # the generated token ids, EOS excluded (benchmarks compare them)
 
 
-class Generator:
-    """Writes ads for prompts with a loaded model; one per process, reused for every batch."""
+class StopRule:
+    """Where an answer ends: at any of the model's end-of-text `ids`, or at the token that
+    completes `###` in the decoded text (however the tokenizer splits it: `###` may be one
+    token, three, or byte-fallback tokens)."""
 
-    def __init__(self, loaded: LoadedModel, template: Template, settings: GenerationSettings):
-        self.bloom = Bloom(loaded.model)
-        self.tokenizer = loaded.tokenizer
-        self.settings = settings
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id
-        # The prompt text before the first placeholder is the same for every row: run it once.
-        # Its last token is left out, since tokenizing it together with a row's text could
-        # merge it with what follows; rows whose tokens do not start with the prefix anyway
-        # are detected per batch and carry their whole prompt.
-        prefix_ids = encode(self.tokenizer, template.prefix)[:-1] if template.prefix else []
-        self.prefix = self.bloom.prefix(prefix_ids) if prefix_ids else None
-        # Only a token that contains "#" can complete a "###"; the others need no decoding.
-        vocabulary = self.tokenizer.convert_ids_to_tokens(list(range(len(self.tokenizer))))
-        self.hash_tokens = {i for i, token in enumerate(vocabulary) if token and "#" in token}
+    def __init__(self, tokenizer, ids: frozenset[int]):
+        self.tokenizer = tokenizer
+        self.ids = ids
+        # Only a token whose text holds a "#" can complete a "###"; the others need no decoding.
+        vocabulary = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        candidates = [i for i, token in enumerate(vocabulary) if token and ("#" in token or _BYTE_TOKEN.fullmatch(token))]
+        self.triggers = frozenset(i for i in candidates if "#" in tokenizer.decode([i]))
+
+    def stopped(self, tokens: list[int]) -> bool:
+        """Whether the text of `tokens` holds the stop text (it ends in its last 8 tokens)."""
+        return STOP_TEXT in self.tokenizer.decode(tokens[-8:])
+
+    def cut(self, tokens: list[int]) -> tuple[list[int], str]:
+        """The tokens of the ad and why it ended: its tokens up to the first stop (the stop
+        text kept, for cleaning to remove; an end-of-text id dropped)."""
+        for i, token in enumerate(tokens):
+            if token in self.ids:
+                return tokens[:i], "eos"
+            if token in self.triggers and self.stopped(tokens[: i + 1]):
+                return tokens[: i + 1], "stop"
+        return tokens, "length"
+
+    def decoding(self, settings: GenerationSettings) -> Decoding:
+        """What an engine is told for a job with `settings`."""
+        return Decoding(
+            max_new_tokens=settings.max_new_tokens,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            stop_ids=self.ids,
+            stop_text=STOP_TEXT,
+            stop_triggers=self.triggers,
+            stopped=self.stopped,
+        )
+
+
+class Generator:
+    """Writes ads for prompts with an engine; one per process, reused for every batch."""
+
+    def __init__(self, engine: Engine, tokenizer, settings: GenerationSettings, stop: StopRule):
+        self.engine, self.tokenizer, self.settings, self.stop = engine, tokenizer, settings, stop
 
     def generate(self, prompts: list[Prompt], *, batch_size: int, on_batch: Callable[[list[int]], None] | None = None) -> list[list[Generation]]:
         """The ads (one per variant) for each prompt, in the order of `prompts`.
@@ -59,25 +86,29 @@ class Generator:
         """
         variants = self.settings.num_variants
         requests = [(i, k) for i in range(len(prompts)) for k in range(variants)]
-        requests.sort(key=lambda r: -self._tail_length(prompts[r[0]].ids))
+        requests.sort(key=lambda r: -len(prompts[r[0]].ids))
         results: list[list[Generation | None]] = [[None] * variants for _ in prompts]
         for first in range(0, len(requests), batch_size):
             batch = requests[first : first + batch_size]
-            seeds = [self._seed(prompts[i].text, k) for i, k in batch]
-            generations = self._decode([prompts[i].ids for i, _ in batch], seeds)
+            answers = self.engine.generate([Request(prompts[i].ids, self._seed(prompts[i].text, k)) for i, k in batch])
             finished = []
-            for (i, k), generation in zip(batch, generations):
-                results[i][k] = generation
+            for (i, k), tokens in zip(batch, answers):
+                results[i][k] = self._ad(tokens)
                 if all(g is not None for g in results[i]):
                     finished.append(i)
             if on_batch is not None:
                 on_batch(finished)
         return results
 
-    def _tail_length(self, ids: list[int]) -> int:
-        if self.prefix is not None and ids[: len(self.prefix.ids)] == self.prefix.ids:
-            return len(ids) - len(self.prefix.ids)
-        return len(ids)
+    def _ad(self, tokens: list[int]) -> Generation:
+        kept, finish = self.stop.cut(list(tokens))
+        text = self.tokenizer.decode(kept, skip_special_tokens=True)
+        return Generation(
+            text=clean_ad(text, cut=finish == "length", max_chars=self.settings.max_chars),
+            new_tokens=len(kept) + (finish == "eos"),
+            finish=finish,
+            ids=tuple(kept),
+        )
 
     def _seed(self, text: str, variant: int) -> int | None:
         if not self.settings.sampled:
@@ -85,100 +116,16 @@ class Generator:
         digest = hashlib.sha256(f"{self.settings.seed}\0{variant}\0{text}".encode()).digest()
         return int.from_bytes(digest[:8], "little") >> 1
 
-    @torch.inference_mode()
-    def _decode(self, rows: list[list[int]], seeds: list[int | None]) -> list[Generation]:
-        bloom, settings = self.bloom, self.settings
-        device = bloom.device
-        prefix_len = len(self.prefix.ids) if self.prefix is not None else 0
-        shares = [self.prefix is not None and row[:prefix_len] == self.prefix.ids for row in rows]
-        tails = [row[prefix_len:] if shared else row for row, shared in zip(rows, shares)]
-        batch, width, steps = len(rows), max(len(t) for t in tails), settings.max_new_tokens
-        prompt_end = prefix_len + width
-        length = prompt_end + steps
 
-        # Cache slots: [shared prefix | left padding, row's own tokens | generated tokens].
-        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        valid = torch.zeros((batch, length), dtype=torch.bool)
-        for b, (tail, shared) in enumerate(zip(tails, shares)):
-            ids[b, width - len(tail) :] = torch.tensor(tail, dtype=torch.long)
-            valid[b, :prefix_len] = shared
-            valid[b, prompt_end - len(tail) : prompt_end] = True
-        valid[:, prompt_end:] = True
-        ids, valid = ids.to(device), valid.to(device)
-        alibi = bloom.alibi(valid)[:, :, None, :]
-        step_bias = attention_bias(alibi, valid[:, None, None, :], bloom.dtype)
+def load_generator(model: ModelSettings, builder: PromptBuilder, settings: GenerationSettings, *, device) -> Generator:
+    """The engine `model.engine` loaded for `model` on `device`, with the prompts' shared
+    prefix handed to it, behind a Generator."""
+    from adpulse_batch.model import stop_ids
 
-        # Prompt tokens attend causally to valid slots; a padding slot attends to itself only,
-        # so no row of the softmax is empty (an empty one would be NaN and poison the cache).
-        slots = torch.arange(prompt_end, device=device)
-        queries = slots[prefix_len:, None]
-        allowed = (valid[:, None, :prompt_end] & (slots <= queries)) | (slots == queries)
-        bias = attention_bias(alibi[..., :prompt_end], allowed[:, None], bloom.dtype)
-
-        cache = bloom.new_cache(batch, length)
-        if self.prefix is not None:
-            cache.fill_prefix(self.prefix)
-        logits = bloom.logits(bloom.forward(ids, cache, prefix_len, bias)[:, -1])
-
-        generators = [None if s is None else torch.Generator(device=device).manual_seed(s) for s in seeds]
-        tokens: list[list[int]] = [[] for _ in rows]
-        finish = ["length"] * batch
-        active = list(range(batch))  # batch rows still in the cache, in cache order
-        done: set[int] = set()
-        for step in range(steps):
-            if step < settings.min_new_tokens:
-                logits[:, self.eos_id] = float("-inf")
-            chosen = self._choose(logits, [generators[row] for row in active])
-            for row, token in zip(active, chosen.tolist()):
-                if row in done:
-                    continue
-                if token == self.eos_id:
-                    finish[row] = "eos"
-                    done.add(row)
-                    continue
-                tokens[row].append(token)
-                if token in self.hash_tokens and step >= settings.min_new_tokens and self._stopped(tokens[row]):
-                    finish[row] = "stop"
-                    done.add(row)
-            if len(done) == batch or step == steps - 1:
-                break
-            # Drop finished rows from the batch once there are enough of them to be worth
-            # the copy of the cache; until then they ride along and are ignored.
-            finished_here = [j for j, row in enumerate(active) if row in done]
-            if len(finished_here) * 4 >= len(active):
-                keep = [j for j, row in enumerate(active) if row not in done]
-                index = torch.tensor(keep, device=device)
-                cache.select(index)
-                step_bias, chosen = step_bias.index_select(0, index), chosen.index_select(0, index)
-                active = [active[j] for j in keep]
-            position = prompt_end + step
-            hidden = bloom.forward(chosen[:, None], cache, position, step_bias[..., : position + 1])
-            logits = bloom.logits(hidden[:, -1])
-
-        return [
-            Generation(
-                text=clean_ad(self.tokenizer.decode(tokens[b], skip_special_tokens=True), cut=finish[b] == "length", max_chars=settings.max_chars),
-                new_tokens=len(tokens[b]) + (finish[b] == "eos"),
-                finish=finish[b],
-                ids=tuple(tokens[b]),
-            )
-            for b in range(batch)
-        ]
-
-    def _choose(self, logits: torch.Tensor, generators: list) -> torch.Tensor:
-        settings = self.settings
-        if not settings.sampled:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits / settings.temperature, dim=-1)
-        if settings.top_p < 1:
-            sorted_probs, order = probs.sort(-1, descending=True)
-            # Keep the smallest set of tokens whose probability reaches top_p (at least one).
-            outside = sorted_probs.cumsum(-1) - sorted_probs >= settings.top_p
-            probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0))
-        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, generators)])
-
-    def _stopped(self, tokens: list[int]) -> bool:
-        return STOP_TEXT in self.tokenizer.decode(tokens[-8:])
+    stop = StopRule(builder.tokenizer, stop_ids(model, builder.tokenizer))
+    engine = engine_class(model.engine).load(model, tokenizer=builder.tokenizer, device=device, decoding=stop.decoding(settings))
+    engine.reuse_prefix(builder.prefix_ids())
+    return Generator(engine, builder.tokenizer, settings, stop)
 
 
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*")

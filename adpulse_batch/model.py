@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from adpulse_batch.errors import ModelNotFoundError, SettingsError, first_line
+from adpulse_batch.families import Family, family_of
 from adpulse_batch.prompts import ADAPTER_METADATA, Template, adapter_template
 from adpulse_batch.settings import ModelSettings
 
@@ -68,13 +69,8 @@ def _revision(name: str, marker: str, digest: Callable[[Path], str]) -> str | No
             if path.is_file() and not path.name.startswith("."):
                 hasher.update(f"{path.name}\0{digest(path)}\0".encode())
         return "sha256:" + hasher.hexdigest()
-    from huggingface_hub import hf_hub_download
-
-    try:  # the Hub cache keeps files under snapshots/<commit>/, also when offline
-        path = Path(hf_hub_download(name, marker))
-    except Exception:
-        return None
-    return path.parent.name if path.parent.parent.name == "snapshots" else None
+    path = _hub_file(name, marker)  # the Hub cache keeps files under snapshots/<commit>/, also when offline
+    return path.parent.name if path is not None and path.parent.parent.name == "snapshots" else None
 
 
 def resolve_device(name: str, index: int | None = None) -> torch.device:
@@ -123,16 +119,23 @@ def load_tokenizer(settings: ModelSettings):
     return tokenizer
 
 
-def load_template(settings: ModelSettings, template_file: Path | None) -> Template:
-    """`--template FILE`, else the adapter's own template, else the default."""
-    if template_file is not None:
-        return Template.from_file(template_file)
+def load_template(settings: ModelSettings, template_file: Path | None, chat: bool | None = None) -> Template:
+    """`--template FILE`, else the adapter's own template, else the default; rendered as
+    chat when `chat` says so, else as the adapter was trained (plain by default). A chat
+    template needs a tokenizer that has one."""
+    own = None
     if settings.adapter is not None:
         _adapter_config(settings.adapter)  # a missing adapter fails here, with its own message
         own = _adapter_template(settings.adapter)
-        if own is not None:
-            return own
-    return Template()
+    text = Template.from_file(template_file).text if template_file is not None else own.text if own is not None else Template().text
+    chat = chat if chat is not None else own is not None and own.chat
+    if chat and not has_chat_template(settings):
+        source = settings.adapter if _has_tokenizer(settings.adapter) else base_model_name(settings)
+        raise SettingsError(
+            f"--chat: the tokenizer of {source!r} has no chat template; drop --chat to use the plain template, "
+            "or use an instruct model"
+        )
+    return Template(text, chat=chat)
 
 
 def load_model(settings: ModelSettings, *, device: torch.device | None = None, tokenizer=None) -> LoadedModel:
@@ -151,34 +154,69 @@ def load_model(settings: ModelSettings, *, device: torch.device | None = None, t
 
 
 def load_base_config(base: str):
-    """The base model's config, checked to be a BLOOM model run can generate with."""
+    """The base model's config (transformers' object), checked to be of a family run generates with."""
     from transformers import AutoConfig
 
-    _check_base(base)
+    family_of(_json_file(base, "config.json", "base model"), base)
     return _from_hub_or_dir(AutoConfig.from_pretrained, base, "base model")
 
 
 def check_model(settings: ModelSettings) -> None:
     """Fail before any work (and without loading weights, transformers or peft) when the
-    base model is not one run can generate with, the adapter is not a LoRA adapter, or the
-    tokenizer's files are missing."""
-    base = base_model_name(settings)
-    _check_base(base)
+    base model is not of a family run can generate with, the adapter is not a LoRA adapter,
+    or the tokenizer's files are missing."""
+    model_family(settings)
     if not _has_tokenizer(settings.adapter):
-        _json_file(base, "tokenizer_config.json", "base model")
+        _json_file(base_model_name(settings), "tokenizer_config.json", "base model")
     if settings.adapter is not None:
         kind = _adapter_config(settings.adapter).get("peft_type")
         if kind != "LORA":
             raise SettingsError(f"--adapter {settings.adapter!r} is a {kind} adapter; adpulse-batch applies LoRA adapters")
 
 
-def _check_base(base: str) -> None:
-    config = _json_file(base, "config.json", "base model")
-    kind = config.get("model_type")
-    if kind != "bloom":
-        raise SettingsError(f"--model {base!r} is a {kind!r} model; adpulse-batch runs BLOOM models (bigscience/bloom-*)")
-    if config.get("apply_residual_connection_post_layernorm"):
-        raise SettingsError(f"--model {base!r} is a BLOOM variant with post-layernorm residuals, which adpulse-batch does not run")
+def base_config(settings: ModelSettings) -> dict:
+    """The base model's config.json, read as JSON."""
+    return _json_file(base_model_name(settings), "config.json", "base model")
+
+
+def model_family(settings: ModelSettings) -> Family:
+    """The family of the base model, or a one-line refusal when run cannot generate with it."""
+    return family_of(base_config(settings), base_model_name(settings))
+
+
+def context_limit(settings: ModelSettings) -> tuple[int, str] | None:
+    """The most tokens (prompt and generated) the base model attends to, and why: its
+    position limit, or a sliding attention window (our attention attends to every slot, so a
+    sequence must fit the window). None: no limit (BLOOM's ALiBi)."""
+    config = base_config(settings)
+    limits = []
+    if config.get("max_position_embeddings"):
+        limits.append((config["max_position_embeddings"], "position limit"))
+    if config.get("sliding_window") and config.get("use_sliding_window", True):
+        limits.append((config["sliding_window"], "sliding attention window"))
+    return min(limits) if limits else None
+
+
+def stop_ids(settings: ModelSettings, tokenizer) -> frozenset[int]:
+    """Every end-of-text id of the model: the tokenizer's, and those its config and
+    generation_config.json list (Llama 3 has two, instruct models one per turn end)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    base = base_model_name(settings)
+    for config in (base_config(settings), _optional_json(base, "generation_config.json")):
+        found = config.get("eos_token_id")
+        ids.update(found if isinstance(found, list) else [found] if found is not None else [])
+    return frozenset(ids)
+
+
+def has_chat_template(settings: ModelSettings) -> bool:
+    """Whether the tokenizer run uses (the adapter's, else the base model's) has a chat
+    template: in tokenizer_config.json, or beside it as chat_template.jinja (transformers 5)."""
+    source = settings.adapter if _has_tokenizer(settings.adapter) else base_model_name(settings)
+    if _json_file(source, "tokenizer_config.json", "adapter" if source == settings.adapter else "base model").get("chat_template"):
+        return True
+    if is_local(source):
+        return (Path(source).expanduser() / "chat_template.jinja").is_file()
+    return _hub_file(source, "chat_template.jinja") is not None
 
 
 def load_base_model(base: str, **kwargs):
@@ -226,17 +264,35 @@ def _json_file(name: str, file: str, what: str) -> dict:
     return _from_hub_or_dir(read, name, what)
 
 
+def _optional_json(name: str, file: str) -> dict:
+    """A JSON file a model may have (generation_config.json); {} when it has none."""
+    if is_local(name):
+        path = Path(name).expanduser() / file
+        path = path if path.is_file() else None
+    else:
+        path = _hub_file(name, file)
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _hub_file(name: str, file: str) -> Path | None:
+    """A file of a Hub repo through the Hugging Face cache; None when absent or unreachable."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(name, file))
+    except Exception:  # absent from the repo, or not cached while offline
+        return None
+
+
 def _adapter_template(adapter: str) -> Template | None:
     if is_local(adapter):
         return adapter_template(Path(adapter).expanduser())
     # A Hub adapter written by finetune carries the same file; the original one does not.
-    from huggingface_hub import hf_hub_download
-
-    try:
-        path = hf_hub_download(adapter, ADAPTER_METADATA)
-    except Exception:  # absent from the repo, or not cached while offline: the default template
-        return None
-    return adapter_template(Path(path).parent)
+    path = _hub_file(adapter, ADAPTER_METADATA)
+    return adapter_template(path.parent) if path is not None else None
 
 
 def _has_tokenizer(adapter: str | None) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from adpulse_batch.catalog import Chunk
-from adpulse_batch.prompts import Prompt, Template, encode, field_text, fit_prompt
+from adpulse_batch.prompts import Prompt, PromptBuilder, Template, field_text
 
 # The values of the status column.
 OK = "ok"
@@ -27,7 +27,7 @@ class PlannedPrompt:
     text: str  # the rendered prompt before any cut
     fields: tuple[str, str]  # its product and description: a prompt too long is cut field by field
     rows: list[int]
-    prompt: Prompt | None = None  # set by PromptEncoder.encode
+    prompt: Prompt | None = None  # set by encode_prompts
 
 
 def status_of(truncated: bool) -> str:
@@ -75,32 +75,19 @@ class Planner:
         return plan
 
 
-@dataclass(frozen=True)
-class PromptEncoder:
-    """Tokenizes planned prompts, cutting the fields of those over --max-prompt-tokens."""
-
-    template: Template
-    tokenizer: object
-    max_prompt_tokens: int
-
-    def encode(self, prompts: list[PlannedPrompt]) -> None:
-        """Give each prompt not yet tokenized its token ids."""
-        todo = [p for p in prompts if p.prompt is None]
-        encoded = self.tokenizer([p.text for p in todo], add_special_tokens=False)["input_ids"] if todo else []
-        for planned, ids in zip(todo, encoded):
-            if len(ids) > self.max_prompt_tokens:
-                planned.prompt = fit_prompt(self.template, self.tokenizer, *planned.fields, ids, self.max_prompt_tokens)
-            else:
-                planned.prompt = Prompt(planned.text, ids)
-
-    def check(self) -> None:
-        """Fail when the template alone does not fit --max-prompt-tokens."""
-        ids = encode(self.tokenizer, self.template.render("", ""))
-        if len(ids) > self.max_prompt_tokens:
-            fit_prompt(self.template, self.tokenizer, "", "", ids, self.max_prompt_tokens)  # raises, naming the flag
+def encode_prompts(builder: PromptBuilder, prompts: list[PlannedPrompt]) -> None:
+    """Give each prompt not yet tokenized its token ids, cut to fit when too long."""
+    todo = [p for p in prompts if p.prompt is None]
+    if not todo:
+        return
+    texts = [p.text for p in todo] if not builder.template.chat else [builder.text(*p.fields) for p in todo]
+    for planned, text, ids in zip(todo, texts, builder.encode_many(texts)):
+        planned.prompt = Prompt(text, ids) if len(ids) <= builder.max_tokens else builder.build(*planned.fields, text=text)
 
 
 def template_fits_untokenized(template: Template, max_prompt_tokens: int) -> bool:
-    """True when the template alone surely fits `max_prompt_tokens`, known without a
-    tokenizer: BLOOM's byte-level BPE never makes more tokens than the text has bytes."""
-    return len(template.render("", "").encode("utf-8")) <= max_prompt_tokens
+    """True when the plain template alone surely fits `max_prompt_tokens`, known without a
+    tokenizer: byte-level BPE and byte-fallback tokenizers never make more tokens than the
+    text has bytes, plus their special tokens and a SentencePiece word-start mark (4 in all,
+    to be safe). A chat rendering needs the tokenizer to be known at all."""
+    return not template.chat and len(template.render("", "").encode("utf-8")) + 4 <= max_prompt_tokens

@@ -4,6 +4,11 @@ A template is plain text with a `{product}` and (optionally) a `{description}` p
 The default is the prompt the original AdPulse adapter was trained on. An adapter directory
 written by `finetune` carries its template in `adpulse.json`, so `run --adapter DIR` uses the
 template the adapter learned.
+
+A chat template renders the same template through the tokenizer's chat template instead:
+its instruction (the text before the first placeholder line or `###` header) is the system
+message, its placeholder lines are the user message, and the generation prompt follows, so
+an instruct model writes the ad as its answer.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ _BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 @dataclass(frozen=True)
 class Template:
-    """A prompt template: `text` with `{product}` and `{description}` placeholders."""
+    """A prompt template: `text` with `{product}` and `{description}` placeholders; `chat`:
+    rendered through the tokenizer's chat template (see `messages`)."""
 
     text: str = DEFAULT_TEMPLATE_TEXT
+    chat: bool = False
 
     def __post_init__(self):
         if "{product}" not in self.text:
@@ -60,7 +67,7 @@ class Template:
         return self.text[: _PLACEHOLDER.search(self.text).start()]
 
     def render(self, product: str, description: str) -> str:
-        """The prompt for one row. Lines that held an empty field lose their trailing
+        """The plain prompt for one row. Lines that held an empty field lose their trailing
         spaces, so a row without a description reads `Harem pants:` rather than `Harem pants: `."""
         values = {"product": product, "description": description}
         lines = []
@@ -69,6 +76,18 @@ class Template:
                 line = _PLACEHOLDER.sub(lambda m: values[m.group(1)], line).rstrip()
             lines.append(line)
         return "\n".join(lines)
+
+    def messages(self, product: str, description: str) -> list[dict[str, str]]:
+        """The chat messages for one row: the instruction (the lines before the first one
+        that holds a placeholder or starts a `###` section) as the system message, none when
+        there is no instruction; the rest, rendered, as the user message, less its `###`
+        section headers: the chat template marks the turns."""
+        lines = self.render(product, description).split("\n")
+        template_lines = self.text.split("\n")
+        first = next(i for i, line in enumerate(template_lines) if _PLACEHOLDER.search(line) or line.startswith("###"))
+        instruction = "\n".join(lines[:first]).strip()
+        user = "\n".join(line for line in lines[first:] if not line.startswith("###")).strip()
+        return ([{"role": "system", "content": instruction}] if instruction else []) + [{"role": "user", "content": user}]
 
 
 def field_text(value) -> str:
@@ -87,7 +106,7 @@ def one_line(text: str) -> str:
 
 
 def encode(tokenizer, text: str) -> list[int]:
-    """Token ids of `text` as both commands feed them to the model (no special tokens added)."""
+    """Token ids of a piece of text (a field, an ad), no special tokens added."""
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -100,32 +119,92 @@ class Prompt:
     truncated: bool = False
 
 
-def fit_prompt(template: Template, tokenizer, product: str, description: str, ids: list[int], max_tokens: int) -> Prompt:
-    """Cut the description (then the product) of a prompt whose `ids` exceed `max_tokens`.
+# Marks where the user message starts in a chat rendering (a private-use character no
+# catalog cell keeps: cells are rendered as they are, so it is only ever ours).
+_SENTINEL = "\ue000"
 
-    The template itself is never cut: the model must still see `### Ad:` at the end.
+
+class PromptBuilder:
+    """A row's fields as the token ids the model sees: rendered by the template (as chat
+    when it says so), encoded as the tokenizer encodes by default, cut to `max_tokens`.
+
+    Plain prompts get the special tokens the tokenizer adds by default (Llama's BOS; BLOOM
+    and Qwen add none), exactly what transformers' own `generate` is fed. A chat rendering
+    holds its special tokens as text, so it is encoded without adding any, as
+    `apply_chat_template` does.
     """
-    text = template.render(product, description)
-    while len(ids) > max_tokens:
-        excess = len(ids) - max_tokens
-        if description:
-            description = _cut_tokens(tokenizer, description, excess)
-        elif product:
-            product = _cut_tokens(tokenizer, product, excess)
+
+    def __init__(self, template: Template, tokenizer, max_tokens: int):
+        self.template, self.tokenizer, self.max_tokens = template, tokenizer, max_tokens
+        # Some chat templates (Gemma's) refuse a system message: the instruction then opens
+        # the user message, as their model cards advise.
+        self.system = True
+        if template.chat:
+            try:
+                self._chat(template.messages("x", "y"))
+            except Exception:  # jinja's TemplateError, raised by the template itself
+                self.system = False
+
+    def text(self, product: str, description: str) -> str:
+        """The prompt text of one row, before any cut."""
+        if not self.template.chat:
+            return self.template.render(product, description)
+        return self._chat(self.template.messages(product, description))
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_many([text])[0]
+
+    def encode_many(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=not self.template.chat)["input_ids"]
+
+    def build(self, product: str, description: str, *, text: str | None = None) -> Prompt:
+        """The prompt of one row; a prompt over `max_tokens` has its description (then its
+        product) cut to fit. The template itself is never cut: the model must still see
+        where the ad goes. `text`: the row's prompt text when already rendered."""
+        text = text if text is not None else self.text(product, description)
+        ids = self.encode(text)
+        if len(ids) <= self.max_tokens:
+            return Prompt(text, ids)
+        while len(ids) > self.max_tokens:
+            excess = len(ids) - self.max_tokens
+            if description:
+                description = self._cut_tokens(description, excess)
+            elif product:
+                product = self._cut_tokens(product, excess)
+            else:
+                raise SettingsError(
+                    f"--max-prompt-tokens {self.max_tokens} is less than the template alone needs ({len(ids)} tokens); raise it"
+                )
+            text = self.text(product, description)
+            ids = self.encode(text)
+        return Prompt(text, ids, truncated=True)
+
+    def check(self) -> None:
+        """Fail when the template alone does not fit `max_tokens`."""
+        self.build("", "")
+
+    def prefix_ids(self) -> list[int]:
+        """Token ids every prompt starts with: those of the text before the row's own, less
+        the last one (tokenized together with a row's text it could merge with what follows).
+        Empty when the rendering does not put the row after a shared text."""
+        if self.template.chat:
+            text = self.text(_SENTINEL, "")
+            prefix = text[: text.index(_SENTINEL)] if _SENTINEL in text else ""
         else:
-            raise SettingsError(
-                f"--max-prompt-tokens {max_tokens} is less than the template alone needs ({len(ids)} tokens); raise it"
-            )
-        text = template.render(product, description)
-        ids = encode(tokenizer, text)
-    return Prompt(text, ids, truncated=True)
+            prefix = self.template.prefix
+        return self.encode(prefix)[:-1] if prefix else []
 
+    def _chat(self, messages: list[dict[str, str]]) -> str:
+        if not self.system and messages[0]["role"] == "system":
+            system, user = messages
+            messages = [{"role": "user", "content": f"{system['content']}\n\n{user['content']}"}]
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-def _cut_tokens(tokenizer, text: str, excess: int) -> str:
-    """`text` less at least `excess` tokens from its end, cut cleanly (no broken character)."""
-    ids = encode(tokenizer, text)
-    keep = max(0, len(ids) - excess - 1)  # one spare: re-tokenizing at the cut can merge tokens
-    return tokenizer.decode(ids[:keep]).replace("\ufffd", "").rstrip()
+    def _cut_tokens(self, text: str, excess: int) -> str:
+        """`text` less at least `excess` tokens from its end, cut cleanly (no broken character)."""
+        ids = encode(self.tokenizer, text)
+        keep = max(0, len(ids) - excess - 1)  # one spare: re-tokenizing at the cut can merge tokens
+        return self.tokenizer.decode(ids[:keep]).replace("\ufffd", "").rstrip()
 
 
 def adapter_metadata(adapter_dir: str | Path) -> dict | None:
@@ -140,8 +219,8 @@ def adapter_metadata(adapter_dir: str | Path) -> dict | None:
 
 
 def adapter_template(adapter_dir: str | Path) -> Template | None:
-    """The template an adapter was trained with, when its directory records one."""
+    """The template an adapter was trained with (and whether as chat), when its directory records one."""
     metadata = adapter_metadata(adapter_dir)
     if metadata is None or "template" not in metadata:
         return None
-    return Template(metadata["template"])
+    return Template(metadata["template"], chat=bool(metadata.get("chat", False)))

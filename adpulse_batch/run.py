@@ -31,8 +31,10 @@ from adpulse_batch.catalog import (
 from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_context
 from adpulse_batch.errors import InputError, SettingsError
 from adpulse_batch.lock import OutputLock
-from adpulse_batch.model import check_model, load_template, load_tokenizer, model_identity, resolve_device, resolve_dtype
-from adpulse_batch.plan import Planner, PromptEncoder, template_fits_untokenized
+from adpulse_batch.engines import engine_class
+from adpulse_batch.model import check_model, context_limit, load_template, load_tokenizer, model_identity, resolve_device
+from adpulse_batch.plan import Planner, template_fits_untokenized
+from adpulse_batch.prompts import PromptBuilder
 from adpulse_batch.settings import RunSettings
 from adpulse_batch.shard import current_workers
 from adpulse_batch.worker import Worker
@@ -55,10 +57,12 @@ class RunSummary:
     new_tokens: int = 0
     seconds: float = 0.0
     model: dict = field(default_factory=dict)
+    engine: dict = field(default_factory=dict)  # name, version, device type, dtype, library versions
     model_loaded: bool = False
     device: str = ""
     dtype: str = ""
     template: str = ""
+    chat: bool = False  # prompts rendered through the tokenizer's chat template
     generation: dict = field(default_factory=dict)
     batch_size: int = 0
     max_prompt_tokens: int = 0
@@ -115,12 +119,19 @@ def prepare(settings: RunSettings) -> Job:
         if name in catalog.columns:
             flag = "--status-column" if name == settings.status_column else "--ad-column"
             raise InputError(f"the input already has a column named {name!r}; choose another name with {flag}")
-    template = load_template(settings.model, settings.template)
+    template = load_template(settings.model, settings.template, settings.chat)
     check_model(settings.model)
+    limit = context_limit(settings.model)
+    longest = settings.max_prompt_tokens + settings.generation.max_new_tokens
+    if limit is not None and longest > limit[0]:
+        raise SettingsError(
+            f"--max-prompt-tokens {settings.max_prompt_tokens} plus --max-new-tokens {settings.generation.max_new_tokens} "
+            f"exceed the {limit[0]} tokens the model attends to (its {limit[1]}); lower them"
+        )
     # The tokenizer (and transformers with it) loads when a prompt is first tokenized: a run
     # whose ads all come from the cache never needs it.
     if not template_fits_untokenized(template, settings.max_prompt_tokens):
-        PromptEncoder(template, load_tokenizer(settings.model), settings.max_prompt_tokens).check()
+        PromptBuilder(template, load_tokenizer(settings.model), settings.max_prompt_tokens).check()
     return Job(settings, catalog, output, Planner(template, product, description))
 
 
@@ -142,10 +153,13 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
     job = prepare(settings)
     workers = current_workers(cpu=resolve_device(settings.model.device).type == "cpu")
     device = resolve_device(settings.model.device, index=workers.local_rank if workers.world > 1 else None)
-    dtype = str(resolve_dtype(settings.model.dtype, device)).removeprefix("torch.")
+    engine = engine_class(settings.model.engine).identity(settings.model, device)
     cache = AdCache(settings.cache or default_cache_path()) if settings.use_cache else None
     identity = model_identity(settings.model, digest=cache.file_digest if cache is not None else file_digest)
-    context = key_context(identity.as_dict(), dtype, asdict(settings.generation), settings.max_prompt_tokens)
+    context = key_context(
+        identity.as_dict(), engine, asdict(settings.generation),
+        max_prompt_tokens=settings.max_prompt_tokens, chat=job.planner.template.chat,
+    )  # fmt: skip
     work = WorkDir(work_dir_for(settings, job.output), settings.generation.num_variants)
     lock = OutputLock(job.output)
     if workers.is_main:
@@ -186,10 +200,12 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
         prompts_generated=sum(s["prompts"] for s in stats),
         seconds=time.monotonic() - started,
         model=identity.as_dict(),
+        engine=engine,
         model_loaded=any(s["model_loaded"] for s in stats),
         device=str(device) if workers.world == 1 else f"{workers.world} workers",
-        dtype=dtype,
+        dtype=engine["dtype"],
         template=job.planner.template.text,
+        chat=job.planner.template.chat,
         generation=asdict(settings.generation),
         batch_size=settings.batch_size,
         max_prompt_tokens=settings.max_prompt_tokens,

@@ -34,8 +34,14 @@ class ModelSettings:
     """auto (a CUDA GPU when there is one), cpu or cuda."""
     dtype: str = "auto"
     """auto (bfloat16 on GPUs that have it, else float16 on GPU, float32 on CPU) or a dtype name."""
+    engine: str = "torch"
+    """What generates: a name of `adpulse_batch.engines.ENGINES`."""
 
     def __post_init__(self):
+        from adpulse_batch.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise SettingsError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
         if self.device not in DEVICES:
             raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.dtype not in DTYPES:
@@ -61,8 +67,6 @@ class GenerationSettings:
     """Seed of sampled ads; each row and variant draws from its own seeded generator."""
     max_chars: int | None = None
     """Cut each ad to at most this many characters, at a word boundary."""
-    min_new_tokens: int = 0
-    """Tokens to generate before EOS may end an ad (benchmarks use it to compare like with like)."""
 
     def __post_init__(self):
         _at_least(self.max_new_tokens, 1, "--max-new-tokens")
@@ -77,8 +81,6 @@ class GenerationSettings:
             raise SettingsError(
                 f"--num-variants {self.num_variants} needs --temperature above 0: greedy decoding writes the same ad every time"
             )
-        if self.min_new_tokens > self.max_new_tokens:
-            raise SettingsError("min_new_tokens cannot exceed --max-new-tokens")
 
     @property
     def sampled(self) -> bool:
@@ -107,6 +109,8 @@ class RunSettings:
     """Read only the first N rows."""
     template: Path | None = None
     """Prompt template file. None: the adapter's own template, else the default one."""
+    chat: bool | None = None
+    """Render prompts through the tokenizer's chat template. None: as the adapter was trained (plain by default)."""
     model: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     batch_size: int = 32
@@ -164,16 +168,18 @@ class LoraSettings:
     """Scaling numerator: the update is scaled by alpha / r."""
     dropout: float = 0.05
     """Dropout on the adapter's input during training."""
-    target_modules: tuple[str, ...] = ("query_key_value",)
-    """Names of the linear layers that get an adapter (BLOOM: query_key_value, dense, dense_h_to_4h, dense_4h_to_h)."""
+    target_modules: tuple[str, ...] | None = None
+    """Names of the linear layers that get an adapter, or ("all-linear",). None: PEFT's default for
+    the model's family (BLOOM: query_key_value; Llama, Mistral, Qwen, Gemma: q_proj, v_proj; Phi-3: qkv_proj)."""
 
     def __post_init__(self):
-        object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        if self.target_modules is not None:
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
         _at_least(self.r, 1, "--lora-r")
         _at_least(self.alpha, 1, "--lora-alpha")
         if not 0 <= self.dropout < 1:
             raise SettingsError(f"--lora-dropout must be at least 0 and below 1, not {self.dropout}")
-        if not self.target_modules or not all(name.strip() for name in self.target_modules):
+        if self.target_modules is not None and (not self.target_modules or not all(name.strip() for name in self.target_modules)):
             raise SettingsError("--lora-target-modules needs one or more module names, separated by commas")
 
 
@@ -246,6 +252,8 @@ class FinetuneSettings:
     """Text encoding of CSV and JSONL data."""
     template: Path | None = None
     """Prompt template file. None: the AdPulse prompt."""
+    chat: bool = False
+    """Render prompts through the tokenizer's chat template (recorded in the adapter, so run does too)."""
     model: ModelSettings = field(default_factory=lambda: ModelSettings(model=DEFAULT_BASE_MODEL, adapter=None))
     lora: LoraSettings = field(default_factory=LoraSettings)
     training: TrainingSettings = field(default_factory=TrainingSettings)

@@ -39,6 +39,34 @@ def test_model(tmp_path_factory):
     return root / "tiny", root / "tiny-adapter"
 
 
+# The families the engine and CLI tests run over: ALiBi (BLOOM), RoPE with BOS, byte fallback
+# and two end-of-text ids (Llama), RoPE without BOS, ChatML (Qwen2).
+ARCHES = ["bloom", "llama", "qwen2"]
+
+
+@pytest.fixture(scope="session")
+def family_models(tmp_path_factory, test_model):
+    """`family_models(arch)` -> (model_dir, adapter_dir) of a tiny model of that family, made once."""
+    from adpulse_batch.testmodel import make_test_model
+
+    root = tmp_path_factory.mktemp("families")
+    made = {"bloom": test_model}
+
+    def get(arch: str):
+        if arch not in made:
+            make_test_model(root / arch, arch=arch, adapter_path=root / f"{arch}-adapter")
+            made[arch] = (root / arch, root / f"{arch}-adapter")
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture(params=ARCHES)
+def arch_model(request, family_models):
+    """(arch, model_dir, adapter_dir), once per family of ARCHES."""
+    return (request.param, *family_models(request.param))
+
+
 @pytest.fixture
 def run_cli(test_model):
     """Invoke `adpulse-batch ARGS...`; returns the Click result (stdout and stderr apart)."""

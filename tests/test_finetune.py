@@ -65,14 +65,16 @@ def trained(test_model, tmp_path_factory):
 def test_example_masks_the_prompt_and_ends_with_eos(test_model, tmp_path):
     from adpulse_batch.catalog import open_catalog
     from adpulse_batch.finetune import IGNORE, Padder, build_example
-    from adpulse_batch.plan import Planner, PromptEncoder
+    from adpulse_batch.plan import Planner, encode_prompts
+    from adpulse_batch.prompts import PromptBuilder
     from adpulse_batch.training_data import TrainingRow
 
     tokenizer = tokenizer_of(test_model[0])
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id) == (3, 2)
     template = Template()
+    builder = PromptBuilder(template, tokenizer, 256)
     row = TrainingRow("Coffee mug", "Ceramic mug, dishwasher safe.", "Start your morning right!")
-    example, truncated = build_example(tokenizer, template, row, max_prompt_tokens=256)
+    example, truncated = build_example(builder, row)
     prompt = encode(tokenizer, template.render(row.product, row.description))
     ad = encode(tokenizer, row.ad)
     assert not truncated
@@ -82,10 +84,10 @@ def test_example_masks_the_prompt_and_ends_with_eos(test_model, tmp_path):
     # The prompt is token for token what `run` feeds the model for the same row.
     catalog = open_catalog(write_csv(tmp_path / "row.csv", ["name", "description"], [[row.product, row.description]]))
     plan = Planner(template, "name", "description").plan(next(catalog.chunks()))
-    PromptEncoder(template, tokenizer, 256).encode(plan.prompts)
+    encode_prompts(builder, plan.prompts)
     assert plan.prompts[0].prompt.ids == prompt
 
-    short, _ = build_example(tokenizer, template, TrainingRow("Mug", "", "Buy it!"), max_prompt_tokens=256)
+    short, _ = build_example(builder, TrainingRow("Mug", "", "Buy it!"))
     batch = Padder(tokenizer.pad_token_id)([example, short])
     width = len(example.input_ids)
     pad = width - len(short.input_ids)
@@ -101,11 +103,12 @@ def test_example_masks_the_prompt_and_ends_with_eos(test_model, tmp_path):
 
 def test_long_prompts_are_cut_as_run_cuts_them(test_model):
     from adpulse_batch.finetune import IGNORE, build_example
+    from adpulse_batch.prompts import PromptBuilder
     from adpulse_batch.training_data import TrainingRow
 
     tokenizer = tokenizer_of(test_model[0])
     row = TrainingRow("Shirt", "A soft cotton shirt. " * 60, "Feel good in what you wear.")
-    example, truncated = build_example(tokenizer, Template(), row, max_prompt_tokens=100)
+    example, truncated = build_example(PromptBuilder(Template(), tokenizer, 100), row)
     ad = encode(tokenizer, row.ad) + [2]
     assert truncated
     assert example.labels == [IGNORE] * (len(example.labels) - len(ad)) + ad
@@ -130,18 +133,45 @@ def test_round_trip_run_writes_the_trained_ads_and_stops_by_itself(trained, test
     assert sum(a == b for a, b in zip(written, expected)) >= 7, list(zip(written, expected))
 
     # Each reproduced ad ended with the EOS token the model learned, not at the token limit.
-    from adpulse_batch.generate import Generator
-    from adpulse_batch.model import load_model, load_template
-    from adpulse_batch.prompts import Prompt
+    from adpulse_batch.generate import load_generator
+    from adpulse_batch.model import load_template
+    from adpulse_batch.prompts import PromptBuilder
     from adpulse_batch.settings import GenerationSettings, ModelSettings
 
     model_settings = ModelSettings(adapter=str(adapter), device="cpu")
-    generator = Generator(load_model(model_settings), load_template(model_settings, None), GenerationSettings(max_new_tokens=MAX_NEW_TOKENS))
-    prompts = [Template().render(p, d) for p, d, _ in ADS]
-    generations = generator.generate([Prompt(text, encode(tokenizer, text)) for text in prompts], batch_size=8)
+    builder = PromptBuilder(load_template(model_settings, None), tokenizer, 256)
+    generator = load_generator(model_settings, builder, GenerationSettings(max_new_tokens=MAX_NEW_TOKENS), device=torch.device("cpu"))
+    generations = generator.generate([builder.build(p, d) for p, d, _ in ADS], batch_size=8)
     stopped = [g[0].finish == "eos" and g[0].text == ad for g, ad in zip(generations, expected)]
     assert sum(stopped) >= 7
     assert json.loads(report.read_text())["new_tokens"] < len(ADS) * MAX_NEW_TOKENS / 2
+
+
+@pytest.mark.parametrize("arch, chat", [("llama", False), ("qwen2", True)])
+def test_round_trip_on_other_families(family_models, tmp_path, arch, chat):
+    # Llama: BOS added and two end-of-text ids; Qwen2 with --chat: trained and run on its
+    # chat template, which the adapter records, so run needs no --chat.
+    model_dir, _ = family_models(arch)
+    data = write_csv(tmp_path / "ads.csv", ["product", "description", "ad"], ADS)
+    trained = finetune_cli(
+        data, "-o", tmp_path / "adapter", "--model", model_dir, "--lora-target-modules", "all-linear",
+        *(["--chat"] if chat else []), "--learning-rate", 1e-2, "--batch-size", 8, "--grad-accum", 1, "--max-steps", 200,
+        "--warmup-steps", 10, "--eval-fraction", 0, "--save-steps", 0, "--log-steps", 50,
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.stderr
+    meta = json.loads((tmp_path / "adapter" / "adpulse.json").read_text())
+    assert meta["chat"] is chat and meta["settings"]["lora"]["target_modules"] == ["all-linear"]
+    catalog = write_csv(tmp_path / "catalog.csv", ["name", "description"], [r[:2] for r in ADS])
+    ran = CliRunner().invoke(
+        cli, ["run", str(catalog), "-o", str(tmp_path / "ads.out.csv"), "--adapter", str(tmp_path / "adapter"),
+              "--max-new-tokens", str(MAX_NEW_TOKENS), "--report", str(tmp_path / "report.json"), "-q"], catch_exceptions=False,
+    )  # fmt: skip
+    assert ran.exit_code == 0, ran.stderr
+    written = [row[2] for row in read_csv(tmp_path / "ads.out.csv")[1]]
+    expected = [field_text(ad) for _, _, ad in ADS]
+    assert sum(a == b for a, b in zip(written, expected)) >= 7, list(zip(written, expected))
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["chat"] is chat and report["new_tokens"] < len(ADS) * MAX_NEW_TOKENS / 2  # it stopped by itself
 
 
 def test_merged_model_writes_the_same_ads(trained, tmp_path):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from adpulse_batch.errors import SettingsError
-from adpulse_batch.prompts import ADAPTER_METADATA, Template, adapter_template, encode, field_text, fit_prompt
+from adpulse_batch.prompts import ADAPTER_METADATA, INSTRUCTION, PromptBuilder, Template, adapter_template, field_text
 
 
 def test_default_template_is_the_one_the_original_adapter_learned():
@@ -46,26 +46,74 @@ def test_field_text(value, text):
     assert field_text(value) == text
 
 
-def test_long_descriptions_are_cut_to_fit(test_model):
-    from transformers import AutoTokenizer
+def tokenizer_of(model_dir):
+    from adpulse_batch.model import load_tokenizer
+    from adpulse_batch.settings import ModelSettings
 
-    tokenizer = AutoTokenizer.from_pretrained(test_model[0])
-    template = Template()
+    return load_tokenizer(ModelSettings(model=str(model_dir), adapter=None))
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_long_descriptions_are_cut_to_fit(family_models, chat):
+    tokenizer = tokenizer_of(family_models("llama")[0])
     description = "A soft and breathable cotton shirt for every season. " * 40
-    ids = encode(tokenizer, template.render("Shirt", description))
-    prompt = fit_prompt(template, tokenizer, "Shirt", description, ids, 120)
+    builder = PromptBuilder(Template(chat=chat), tokenizer, 120)
+    prompt = builder.build("Shirt", description)
     assert prompt.truncated
     assert len(prompt.ids) <= 120
-    assert prompt.text.startswith(template.prefix + "Shirt: A soft and breathable")
-    assert prompt.text.endswith("\n\n### Ad:\n")  # the template itself is never cut
-    with pytest.raises(SettingsError, match="--max-prompt-tokens 20 is less than the template alone needs"):
-        fit_prompt(template, tokenizer, "Shirt", description, ids, 20)
+    assert prompt.ids == builder.encode(prompt.text)
+    assert "Shirt: A soft and breathable" in prompt.text
+    # The template itself is never cut.
+    assert prompt.text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\n" if chat else "\n\n### Ad:\n")
+    alone = len(PromptBuilder(Template(chat=chat), tokenizer, 256).build("", "").ids)
+    with pytest.raises(SettingsError, match=f"--max-prompt-tokens {alone - 1} is less than the template alone needs"):
+        PromptBuilder(Template(chat=chat), tokenizer, alone - 1).build("Shirt", description)
+
+
+@pytest.mark.parametrize("arch, bos", [("bloom", False), ("llama", True), ("qwen2", False)])
+def test_plain_prompts_are_encoded_as_the_tokenizer_does_by_default(family_models, arch, bos):
+    tokenizer = tokenizer_of(family_models(arch)[0])
+    text = Template().render("Mug", "Blue")
+    prompt = PromptBuilder(Template(), tokenizer, 256).build("Mug", "Blue")
+    assert prompt.ids == tokenizer(text)["input_ids"]
+    assert (prompt.ids[0] == tokenizer.bos_token_id) == bos
+
+
+def test_chat_messages_are_the_instruction_and_the_row():
+    assert Template().messages("Harem pants", "Loose legs.") == [
+        {"role": "system", "content": INSTRUCTION},
+        {"role": "user", "content": "Harem pants: Loose legs."},
+    ]
+    assert Template("Product: {product}\nWrite an ad.").messages("Mug", "") == [
+        {"role": "user", "content": "Product: Mug\nWrite an ad."}
+    ]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma"])
+def test_chat_prompts_are_the_tokenizers_chat_template(family_models, tmp_path, arch):
+    from adpulse_batch.testmodel import make_test_model
+
+    if arch == "gemma":  # its chat template refuses a system message: the instruction opens the user's
+        make_test_model(tmp_path / arch, arch=arch)
+        tokenizer = tokenizer_of(tmp_path / arch)
+        messages = [{"role": "user", "content": f"{INSTRUCTION}\n\nMug: Blue and big."}]
+    else:
+        tokenizer = tokenizer_of(family_models(arch)[0])
+        messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": "Mug: Blue and big."}]
+    builder = PromptBuilder(Template(chat=True), tokenizer, 256)
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert builder.build("Mug", "Blue and big.").ids == expected
+    # The prefix every row shares is where those ids start.
+    prefix = builder.prefix_ids()
+    assert len(prefix) > 5 and expected[: len(prefix)] == prefix
 
 
 def test_adapter_directory_carries_its_template(tmp_path):
     assert adapter_template(tmp_path) is None
     (tmp_path / ADAPTER_METADATA).write_text(json.dumps({"template": "Product: {product}\nAd:"}))
     assert adapter_template(tmp_path) == Template("Product: {product}\nAd:")
+    (tmp_path / ADAPTER_METADATA).write_text(json.dumps({"template": "Product: {product}\nAd:", "chat": True}))
+    assert adapter_template(tmp_path) == Template("Product: {product}\nAd:", chat=True)
 
 
 def test_rows_are_one_prompt_when_their_fields_are_the_same():
