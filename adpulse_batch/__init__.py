@@ -1,4 +1,4 @@
-"""adpulse-batch: product catalogs in, ad copy out, with a LoRA-tuned BLOOM."""
+"""adpulse-batch: product catalogs in, ad copy out, with an open, self-hosted model."""
 
 import os
 

@@ -119,6 +119,12 @@ class Prompt:
     truncated: bool = False
 
 
+# Variables some chat templates read, fixed so that a row's prompt is the same every night:
+# Llama 3's writes today's date into the system message unless given one (this is its own
+# default), and Qwen3's lets the model think aloud before answering unless told not to.
+# Templates that do not read them ignore them.
+CHAT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024", "enable_thinking": False}
+
 # Marks where the user message starts in a chat rendering (a private-use character no
 # catalog cell keeps: cells are rendered as they are, so it is only ever ours).
 _SENTINEL = "\ue000"
@@ -198,7 +204,7 @@ class PromptBuilder:
         if not self.system and messages[0]["role"] == "system":
             system, user = messages
             messages = [{"role": "user", "content": f"{system['content']}\n\n{user['content']}"}]
-        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **CHAT_TEMPLATE_KWARGS)
 
     def _cut_tokens(self, text: str, excess: int) -> str:
         """`text` less at least `excess` tokens from its end, cut cleanly (no broken character)."""

@@ -42,7 +42,7 @@ def export(revision: str, name: str, into: Path) -> None:
         archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "adpulse_batch"], check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
         (into / "adpulse_batch").rename(target)
-    for path in target.glob("*.py"):
+    for path in target.rglob("*.py"):
         path.write_text(path.read_text().replace("adpulse_batch", name))
 
 
@@ -53,32 +53,37 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=128, help="rows per round (default 128)")
     parser.add_argument("--rounds", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--preset", choices=sorted(T.PRESETS), default="cpu")
+    parser.add_argument("--arch", choices=sorted(T.PRESETS), default="bloom")
+    parser.add_argument("--preset", choices=("micro", "cpu", "full"), default="cpu")
     args = parser.parse_args(argv)
 
     packages = Path(tempfile.mkdtemp(prefix="adpulse-ab-"))
     sys.path.insert(0, str(packages))
-    tokenizer = T.train_tokenizer(0)
+    tokenizer = T.train_tokenizer(0, bos=args.arch == "llama")
     catalog = T.synthetic_catalog(args.rows, 0)
-    model_dir, adapter_dir = T.build_model(packages, tokenizer, dict(T.PRESETS[args.preset]), device=torch.device("cpu"), dtype=torch.float32, seed=0)
+    shape = dict(T.PRESETS[args.arch][args.preset])
+    model_dir, adapter_dir = T.build_model(packages, tokenizer, args.arch, shape, device=torch.device("cpu"), dtype=torch.float32, seed=0)
     versions = []
     for number, spec in enumerate(args.versions):
         revision, _, batch = spec.partition(":")
         name = f"adpulse_v{number}"
         export(revision, name, packages)
         module = lambda part, name=name: importlib.import_module(f"{name}.{part}")  # noqa: E731
-        settings = module("settings")
-        loaded = module("model").load_model(settings.ModelSettings(model=str(model_dir), adapter=str(adapter_dir)), tokenizer=tokenizer)
-        template = module("prompts").Template()
-        generator = module("generate").Generator(
-            loaded, template, settings.GenerationSettings(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
-        )
-        Prompt = module("prompts").Prompt
+        settings, prompts = module("settings"), module("prompts")
+        model_settings = settings.ModelSettings(model=str(model_dir), adapter=str(adapter_dir))
+        generation = settings.GenerationSettings(max_new_tokens=args.new_tokens)
+        template = prompts.Template()
+        if hasattr(module("generate"), "load_generator"):  # the engine interface (after 163b874)
+            builder = prompts.PromptBuilder(template, tokenizer, 256)
+            generator = module("generate").load_generator(model_settings, builder, generation, device=torch.device("cpu"))
+            encode = builder.encode_many
+        else:  # BLOOM's engine wired into generate.py, prompts without special tokens
+            generator = module("generate").Generator(module("model").load_model(model_settings, tokenizer=tokenizer), template, generation)
+            encode = lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"]  # noqa: E731
 
-        def run(rows, generator=generator, template=template, Prompt=Prompt, batch=int(batch or 32)):
+        def run(rows, generator=generator, template=template, Prompt=prompts.Prompt, encode=encode, batch=int(batch or 32)):
             texts = [template.render(p, d) for p, d in rows]
-            ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-            return [v[0].text for v in generator.generate([Prompt(t, i) for t, i in zip(texts, ids)], batch_size=batch)]
+            return [v[0].text for v in generator.generate([Prompt(t, i) for t, i in zip(texts, encode(texts))], batch_size=batch)]
 
         run(catalog[:32])  # warm-up
         versions.append((spec, run))
@@ -108,7 +113,7 @@ def main(argv=None) -> int:
             f"{spec:16} {statistics.median(speed[spec]):7.2f} rows/s (median)  speed vs {versions[0][0]}: "
             f"x{statistics.median(relative[spec]):.3f} (quartiles {low:.3f}-{high:.3f})"
         )
-    print(f"{args.rounds} rounds of {args.chunk} rows, {args.new_tokens} new tokens, {args.preset} preset; same ads: yes")
+    print(f"{args.rounds} rounds of {args.chunk} rows, {args.new_tokens} new tokens, {args.arch} {args.preset} preset; same ads: yes")
     shutil.rmtree(packages, ignore_errors=True)
     return 0
 

@@ -1,21 +1,26 @@
 """Throughput of three ways to write ads for the same catalog, measured side by side.
 
-    python benchmarks/throughput.py                      # CPU preset: hidden 512, 6 layers
-    python benchmarks/throughput.py --preset bloom-1b7   # the real bloom-1b7 shape (for a GPU)
+    python benchmarks/throughput.py                              # BLOOM, CPU preset: hidden 512, 6 layers
+    python benchmarks/throughput.py --arch llama                 # Llama, CPU preset: hidden 512, 6 layers, GQA
+    python benchmarks/throughput.py --preset full                # bloom-1b7's real shape (for a GPU)
+    python benchmarks/throughput.py --arch llama --preset full   # Llama-3.2-1B's real shape (for a GPU)
 
 (a) naive: one `generate` per row through an unmerged PeftModel, as the original notebook did;
 (b) pipeline: transformers' `pipeline("text-generation", batch_size=B)` over the merged model;
-(c) adpulse: the library path `run` takes (prompts rendered and tokenized, then
-    `Generator.generate` over the model `load_model` loads and merges); also `run`:
+(c) adpulse: the library path `run` takes (prompts rendered and tokenized in one call, then
+    `Generator.generate` through the torch engine `load_generator` loads); also `run`:
     `run_catalog` end to end, CSV file in, CSV file out, model loading included (skipped
     where pyarrow is not installed).
 
-All methods see the same rows, model, adapter and greedy settings and generate exactly
---new-tokens tokens per row (min_new_tokens = max_new_tokens, so nobody wins by stopping
-early). Nothing is downloaded: the model has random weights from a config, the LoRA adapter
-is random, the tokenizer is a byte-level BPE trained here on the prompt template and
-catalog-like prose (so prompts have realistic token counts), and the catalog is synthetic
-with product and description lengths drawn from sample_catalogs/catalog.csv.
+All methods see the same rows, token ids, model, adapter and greedy settings and generate
+exactly --new-tokens tokens per row, so nobody wins by stopping early: the model's scores
+for its end-of-text token and for every token that can write `#` are zeroed (random scores
+of other tokens always beat a zero), and the transformers baselines get min_new_tokens too.
+Nothing is downloaded: the model has random weights from a config, the LoRA adapter is
+random, the tokenizer is a byte-level BPE trained here on the prompt template and
+catalog-like prose (so prompts have realistic token counts; with Llama's BOS for --arch
+llama), and the catalog is synthetic with product and description lengths drawn from
+sample_catalogs/catalog.csv.
 
 Each method runs once untimed (warm-up), then --repeats times, interleaved so that noise from
 other jobs on the machine hits every method alike; medians are reported. The greedy tokens of
@@ -49,10 +54,19 @@ SAMPLE_CATALOG = REPO / "sample_catalogs" / "catalog.csv"
 
 # vocab None: the benchmark tokenizer's own size. A larger vocab (bloom-1b7's 250,880) keeps
 # the real LM-head cost; ids the tokenizer lacks get zero output weights so greedy never picks them.
+# Llama's `full` is Llama-3.2-1B: 16 layers, 32 query heads sharing 8 key/value heads,
+# MLP 8192, tied embeddings; its CPU preset is the BLOOM CPU preset's size with Llama's parts.
 PRESETS = {
-    "micro": dict(hidden=64, layers=2, heads=4, vocab=None),
-    "cpu": dict(hidden=512, layers=6, heads=8, vocab=None),
-    "bloom-1b7": dict(hidden=2048, layers=24, heads=16, vocab=250_880),
+    "bloom": {
+        "micro": dict(hidden=64, layers=2, heads=4, vocab=None),
+        "cpu": dict(hidden=512, layers=6, heads=8, vocab=None),
+        "full": dict(hidden=2048, layers=24, heads=16, vocab=250_880),
+    },
+    "llama": {
+        "micro": dict(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vocab=None),
+        "cpu": dict(hidden=512, layers=6, heads=8, kv_heads=4, mlp=1536, vocab=None),
+        "full": dict(hidden=2048, layers=16, heads=32, kv_heads=8, mlp=8192, vocab=128_256),
+    },
 }
 # Descriptions longer than this are left out of the length distribution: the sample catalog
 # holds one 333-word row on purpose (to test truncation), which would make every batch that
@@ -94,10 +108,11 @@ def synthetic_catalog(rows: int, seed: int, description_scale: float = 1.0) -> l
     return catalog
 
 
-def train_tokenizer(seed: int):
+def train_tokenizer(seed: int, *, bos: bool = False):
     """A byte-level BPE with BLOOM's special-token layout, trained on the template, the sample
-    catalog, the test prose and a synthetic catalog drawn independently of the benchmark's."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    catalog, the test prose and a synthetic catalog drawn independently of the benchmark's;
+    `bos`: it adds a BOS token to every text, as Llama 3's does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     from adpulse_batch.prompts import DEFAULT_TEMPLATE_TEXT
@@ -112,6 +127,8 @@ def train_tokenizer(seed: int):
         vocab_size=8192, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     bpe.train_from_iterator(corpus, trainer)
+    if bos:
+        bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", padding_side="left"
     )
@@ -120,33 +137,46 @@ def train_tokenizer(seed: int):
 # --- model -----------------------------------------------------------------------------
 
 
-def build_model(directory: Path, tokenizer, shape: dict, *, device, dtype, seed: int) -> tuple[Path, Path]:
-    """Write a random BLOOM of `shape` and a random LoRA adapter (r=16, alpha=32 on
-    query_key_value, as the original) to `directory`; returns (model_dir, adapter_dir)."""
+def build_model(directory: Path, tokenizer, arch: str, shape: dict, *, device, dtype, seed: int) -> tuple[Path, Path]:
+    """Write a random model of `arch` and `shape` and a random LoRA adapter (r=16, alpha=32 on
+    the family's default targets: query_key_value for BLOOM, as the original) to `directory`;
+    returns (model_dir, adapter_dir)."""
     from peft import LoraConfig, get_peft_model
-    from transformers import BloomConfig, BloomForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from adpulse_batch.families import FAMILIES
 
     vocab = shape["vocab"] or len(tokenizer)
     if vocab < len(tokenizer):
         raise SystemExit(f"--vocab {vocab} is smaller than the benchmark tokenizer ({len(tokenizer)} tokens)")
-    config = BloomConfig(
-        vocab_size=vocab, hidden_size=shape["hidden"], n_layer=shape["layers"], n_head=shape["heads"],
-        bos_token_id=1, eos_token_id=2, pad_token_id=3,
-        # Wider than BLOOM's 0.02: at 0.02 a random model echoes its last prompt token for every
-        # row, so all methods "agree" on one output and the check below proves nothing.
-        initializer_range=0.3,
-    )
+    # Wider than the usual 0.02: at 0.02 a random model echoes its last prompt token for every
+    # row, so all methods "agree" on one output and the check below proves nothing.
+    common = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2, pad_token_id=3, initializer_range=0.3)
+    if arch == "bloom":
+        config = AutoConfig.for_model("bloom", hidden_size=shape["hidden"], n_layer=shape["layers"], n_head=shape["heads"], **common)
+    else:
+        config = AutoConfig.for_model(
+            arch, hidden_size=shape["hidden"], num_hidden_layers=shape["layers"], num_attention_heads=shape["heads"],
+            num_key_value_heads=shape["kv_heads"], intermediate_size=shape["mlp"], head_dim=shape["hidden"] // shape["heads"],
+            max_position_embeddings=2048, tie_word_embeddings=True, **common,
+        )  # fmt: skip
     torch.manual_seed(seed)
     with torch.device(device):
-        model = BloomForCausalLM(config).to(dtype).eval()
-    with torch.no_grad():  # tied with the LM head: ids the tokenizer lacks score 0, never the argmax
-        model.transformer.word_embeddings.weight[len(tokenizer) :] = 0
+        model = AutoModelForCausalLM.from_config(config).to(dtype).eval()
+    # Zero output weights score 0, never the argmax of random scores: ids the tokenizer lacks,
+    # the end-of-text id and the tokens that can write `#` (a stop) are never generated, so
+    # every method generates exactly --new-tokens tokens. (The embeddings are tied: these
+    # tokens' inputs are zero too, the same for every method.)
+    silent = [2] + [i for i in range(len(tokenizer)) if "#" in tokenizer.decode([i])]
+    with torch.no_grad():
+        model.get_output_embeddings().weight[len(tokenizer) :] = 0
+        model.get_output_embeddings().weight[silent] = 0
     model_dir, adapter_dir = directory / "model", directory / "adapter"
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     torch.manual_seed(seed + 1)
     lora = LoraConfig(
-        r=16, lora_alpha=32, target_modules=["query_key_value"], lora_dropout=0.05, bias="none",
+        r=16, lora_alpha=32, target_modules=list(FAMILIES[arch].lora_target_modules), lora_dropout=0.05, bias="none",
         task_type="CAUSAL_LM", init_lora_weights=False,  # random, not the identity: the adapter changes the output
     )
     get_peft_model(model, lora).save_pretrained(adapter_dir)
@@ -189,7 +219,7 @@ def divergence(model, tokenizer, text: str, expected: list[int], got: list[int])
     """Where `got` leaves `expected`, and by how much the reference model scores the two
     tokens there apart (relative to its largest score)."""
     step = next(i for i, (a, b) in enumerate(zip(expected, got)) if a != b)
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + expected[:step]
+    ids = tokenizer(text)["input_ids"] + expected[:step]
     with torch.inference_mode():
         logits = model(torch.tensor([ids], device=model.device)).logits[0, -1].float()
     gap = (logits[expected[step]] - logits[got[step]]).abs().item()
@@ -200,20 +230,21 @@ def pipeline_tokens(pipe, texts: list[str], new_tokens: int, batch_size: int) ->
     outputs = pipe(
         texts, batch_size=batch_size, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
         return_tensors=True, pad_token_id=pipe.tokenizer.pad_token_id,
+        add_special_tokens=True,  # the ids every other method sees (Llama's BOS)
     )
     # Each sequence is the (padded) prompt then exactly new_tokens new ones.
     return [o[0]["generated_token_ids"][-new_tokens:] for o in outputs]
 
 
-def adpulse(generator, template, tokenizer, catalog: list[tuple[str, str]], batch_size: int) -> list[list[int]]:
+def adpulse(generator, builder, catalog: list[tuple[str, str]], batch_size: int) -> list[list[int]]:
     """What `run` does with a chunk of rows once it is read: render and tokenize the prompts
     (in one tokenizer call, as its planner does), then generate; returns each row's token ids.
     (The planner itself needs pyarrow, which a bare GPU machine may lack; `run` below is the
     whole command, files and all.)"""
     from adpulse_batch.prompts import Prompt
 
-    texts = [template.render(p, d) for p, d in catalog]
-    prompts = [Prompt(t, ids) for t, ids in zip(texts, tokenizer(texts, add_special_tokens=False)["input_ids"])]
+    texts = [builder.text(p, d) for p, d in catalog]
+    prompts = [Prompt(t, ids) for t, ids in zip(texts, builder.encode_many(texts))]
     return [list(variants[0].ids) for variants in generator.generate(prompts, batch_size=batch_size)]
 
 
@@ -226,8 +257,8 @@ def run_end_to_end(catalog_csv: Path, out_dir: Path, model_dir: Path, adapter_di
     settings = RunSettings(
         input=catalog_csv, output=output,
         model=ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device=args.device, dtype=args.dtype),
-        generation=GenerationSettings(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens),
-        batch_size=batch_size, quiet=True, use_cache=False,  # every repeat generates, as a first run does
+        generation=GenerationSettings(max_new_tokens=args.new_tokens),
+        batch_size=batch_size, use_cache=False,  # every repeat generates, as a first run does
     )
     run_catalog(settings)
     with open(output, newline="", encoding="utf-8") as handle:
@@ -362,7 +393,11 @@ def median(values: list[float]) -> float:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="model shape (default: cpu, hidden 512 x 6 layers)")
+    parser.add_argument("--arch", choices=sorted(PRESETS), default="bloom", help="model family (default: bloom)")
+    parser.add_argument(
+        "--preset", choices=("micro", "cpu", "full"), default="cpu",
+        help="model shape: cpu (hidden 512 x 6 layers, the default), full (bloom-1b7, or Llama-3.2-1B with --arch llama), micro (tests)",
+    )
     parser.add_argument("--vocab", type=int, help="override the preset's vocabulary size")
     parser.add_argument("--rows", type=int, default=256, help="catalog rows (default 256)")
     parser.add_argument("--naive-rows", type=int, help="run (a) naive on every k-th row only, about this many (default: all rows)")
@@ -405,9 +440,9 @@ def measure(args, work_dir: Path) -> int:
     print the table and write the JSON; the exit code."""
     from transformers.utils import logging as hf_logging
 
-    from adpulse_batch.generate import Generator, clean_ad
+    from adpulse_batch.generate import clean_ad, load_generator
     from adpulse_batch.model import load_model, resolve_device, resolve_dtype
-    from adpulse_batch.prompts import Template
+    from adpulse_batch.prompts import PromptBuilder, Template
     from adpulse_batch.settings import GenerationSettings, ModelSettings, RunSettings
 
     hf_logging.set_verbosity_error()
@@ -420,22 +455,24 @@ def measure(args, work_dir: Path) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     batch_size = args.batch_size or RunSettings(input=Path("x.csv")).batch_size
-    shape = dict(PRESETS[args.preset])
+    shape = dict(PRESETS[args.arch][args.preset])
     if args.vocab:
         shape["vocab"] = args.vocab
     new = args.new_tokens
 
     log(f"training the benchmark tokenizer; {args.rows} synthetic rows")
-    tokenizer = train_tokenizer(args.seed)
+    tokenizer = train_tokenizer(args.seed, bos=args.arch == "llama")
     catalog = synthetic_catalog(args.rows, args.seed, args.description_scale)
     template = Template()
+    builder = PromptBuilder(template, tokenizer, RunSettings(input=Path("x.csv")).max_prompt_tokens)
     texts = [template.render(p, d) for p, d in catalog]
-    prompt_tokens = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    prompt_ids = builder.encode_many(texts)
+    prompt_tokens = [len(ids) for ids in prompt_ids]
     instruction_tokens = len(tokenizer(template.prefix.split("\n\n")[0], add_special_tokens=False)["input_ids"])
     log(f"instruction {instruction_tokens} tokens; prompts {min(prompt_tokens)}-{max(prompt_tokens)}, mean {statistics.mean(prompt_tokens):.1f}")
 
-    log(f"building a random {args.preset} BLOOM ({shape}) and LoRA adapter in {work_dir} ({device}, {dtype})")
-    model_dir, adapter_dir = build_model(work_dir, tokenizer, shape, device=device, dtype=dtype, seed=args.seed)
+    log(f"building a random {args.arch} ({args.preset}: {shape}) and LoRA adapter in {work_dir} ({device}, {dtype})")
+    model_dir, adapter_dir = build_model(work_dir, tokenizer, args.arch, shape, device=device, dtype=dtype, seed=args.seed)
     catalog_csv = work_dir / "catalog.csv"
     with open(catalog_csv, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
@@ -445,8 +482,7 @@ def measure(args, work_dir: Path) -> int:
     model_settings = ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device=args.device, dtype=args.dtype)
     merged = load_model(model_settings, device=device, tokenizer=tokenizer)
     unmerged = load_unmerged(model_dir, adapter_dir, device=device, dtype=dtype)
-    generation = GenerationSettings(max_new_tokens=new, min_new_tokens=new)
-    generator = Generator(merged, template, generation)
+    generator = load_generator(model_settings, builder, GenerationSettings(max_new_tokens=new), device=device)
     pipe = None
     if "pipeline" in args.methods:
         from transformers import pipeline
@@ -458,14 +494,14 @@ def measure(args, work_dir: Path) -> int:
     runs = {
         "naive": lambda: naive(unmerged, tokenizer, [texts[i] for i in naive_index], new),
         "pipeline": lambda: pipeline_tokens(pipe, texts, new, batch_size),
-        "adpulse": lambda: adpulse(generator, template, tokenizer, catalog, batch_size),
+        "adpulse": lambda: adpulse(generator, builder, catalog, batch_size),
         "run": lambda: run_end_to_end(catalog_csv, work_dir, model_dir, adapter_dir, args, batch_size),
     }
     rows_of = {m: (len(naive_index) if m == "naive" else args.rows) for m in METHODS}
     warmups = {
         "naive": lambda: naive(unmerged, tokenizer, texts[:2], new),
         "pipeline": lambda: pipeline_tokens(pipe, texts[:batch_size], new, batch_size),
-        "adpulse": lambda: adpulse(generator, template, tokenizer, catalog[:batch_size], batch_size),
+        "adpulse": lambda: adpulse(generator, builder, catalog[:batch_size], batch_size),
         "run": lambda: None,  # run loads its model every time; its timing includes that
     }
 
@@ -523,14 +559,19 @@ def measure(args, work_dir: Path) -> int:
             divergence(merged.model, tokenizer, texts[i], reference[i], g) for i, g in zip(naive_index, got) if reference[i] != g
         ]
     distinct = len({tuple(t) for t in outputs["naive"]})
+    if "adpulse" in outputs and any(len(ids) != new for ids in outputs["adpulse"]):
+        log(f"ERROR: the engine stopped a row before {new} tokens: the methods did not do the same work")
+        return 1
 
+    embeddings = {id(m.weight): m.weight.numel() for m in (merged.model.get_input_embeddings(), merged.model.get_output_embeddings())}
     work = Work(
-        body_params=sum(p.numel() for p in merged.model.transformer.h.parameters()),
+        body_params=sum(p.numel() for p in merged.model.parameters()) - sum(embeddings.values()),
         hidden=shape["hidden"], layers=shape["layers"], vocab=merged.model.config.vocab_size,
     )
     useful = sum(work.useful(n, new) for n in prompt_tokens)
-    prefix = len(generator.prefix.ids) if generator.prefix is not None else 0
-    tails = [generator._tail_length(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    shared = builder.prefix_ids()
+    prefix = len(shared)
+    tails = [len(ids) - prefix if ids[:prefix] == shared else len(ids) for ids in prompt_ids]
     executed = work.adpulse_executed(prefix, tails, new, batch_size)
     naive_useful = sum(work.useful(prompt_tokens[i], new) for i in naive_index)
 
@@ -540,10 +581,11 @@ def measure(args, work_dir: Path) -> int:
     results = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu: {_cpu_name()}, {torch.get_num_threads()} threads",
+        "cpu_flags": cpu_flags(),
         "settings": {
-            "preset": args.preset, **shape, "vocab": work.vocab, "body_params": work.body_params, "dtype": str(dtype).removeprefix("torch."),
+            "arch": args.arch, "preset": args.preset, **shape, "vocab": work.vocab, "body_params": work.body_params, "dtype": str(dtype).removeprefix("torch."),
             "rows": args.rows, "description_scale": args.description_scale, "naive_rows": len(naive_index), "new_tokens": new, "batch_size": batch_size, "repeats": args.repeats,
-            "seed": args.seed, "lora": "r=16, alpha=32, query_key_value, random", "pipeline_model": "merged",
+            "seed": args.seed, "lora": "r=16, alpha=32, the family's default targets, random", "pipeline_model": "merged",
             "prompt_tokens_mean": statistics.mean(prompt_tokens), "prompt_tokens_min": min(prompt_tokens),
             "prompt_tokens_max": max(prompt_tokens), "instruction_tokens": instruction_tokens, "shared_prefix_tokens": prefix,
             "tokenizer_vocab": len(tokenizer), "torch": torch.__version__, "python": platform.python_version(),
@@ -576,7 +618,7 @@ def measure(args, work_dir: Path) -> int:
         "distinct_naive_outputs": distinct,
     }
     print_table(results, args.methods, rows_of)
-    path = args.json or Path(f"throughput-{args.preset}-{device.type}.json")
+    path = args.json or Path(f"throughput-{args.arch}-{args.preset}-{device.type}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     log(f"wrote {path}")
@@ -605,6 +647,19 @@ def peak_rss_process_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_flags() -> list[str]:
+    """The CPU features that decide which precision is fast here (machines differ between sessions)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [flag for flag in wanted if flag in have]
+    except OSError:
+        pass
+    return []
+
+
 def _cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -618,7 +673,8 @@ def _cpu_name() -> str:
 def print_table(results: dict, methods: list[str], rows_of: dict) -> None:
     s = results["settings"]
     print(
-        f"{results['date']}  {results['device']}  {s['preset']} (hidden {s['hidden']}, {s['layers']} layers, vocab {s['vocab']}, "
+        f"{results['date']}  {results['device']} [{' '.join(results['cpu_flags'])}]  {s['arch']} {s['preset']} "
+        f"(hidden {s['hidden']}, {s['layers']} layers, vocab {s['vocab']}, "
         f"{s['dtype']})\n{s['rows']} rows, {s['new_tokens']} new tokens each, batch {s['batch_size']}, "
         f"prompt tokens mean {s['prompt_tokens_mean']:.1f} (min {s['prompt_tokens_min']}, max {s['prompt_tokens_max']}; "
         f"instruction {s['instruction_tokens']}), median of {s['repeats']}; matmul ceiling {results['matmul_ceiling_gflops']:.1f} GFLOP/s"

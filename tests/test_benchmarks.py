@@ -1,9 +1,11 @@
-"""The throughput benchmark runs end to end on a micro model, and the engine writes the same
-greedy tokens as one `generate` per row through the unmerged adapter. Speed is not tested."""
+"""The throughput benchmark runs every method end to end on a micro model of each family, and
+the engine writes the same greedy tokens as one `generate` per row. Speed is not tested."""
 
 import importlib.util
 import json
 import sys
+
+import pytest
 
 from conftest import REPO
 
@@ -16,19 +18,22 @@ def load_throughput():
     return module
 
 
-def test_throughput_benchmark_runs_and_checks_the_text(tmp_path):
+@pytest.mark.parametrize("arch", ["bloom", "llama"])
+def test_throughput_benchmark_runs_every_method_and_checks_the_text(tmp_path, arch):
     throughput = load_throughput()
     out = tmp_path / "result.json"
     code = throughput.main([
-        "--preset", "micro", "--rows", "6", "--new-tokens", "3", "--repeats", "1", "--methods", "naive,adpulse",
-        "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
-    ])
+        "--arch", arch, "--preset", "micro", "--rows", "6", "--new-tokens", "3", "--repeats", "1",
+        "--methods", ",".join(throughput.METHODS), "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
+    ])  # fmt: skip
     result = json.loads(out.read_text())
     assert code == 0
     assert result["same_greedy_output_as_merged_reference"]["adpulse"] == "6/6"
+    assert result["run_same_as_engine"] == "6/6"
     assert result["distinct_naive_outputs"] >= 4  # the rows' outputs differ, so agreeing means something
-    # (The pipeline row is left out here: importing transformers.pipelines alone takes seconds.)
-    for key in ("naive_rows_per_s", "adpulse_rows_per_s", "speedup_vs_naive", "new_tokens_per_s", "peak_rss_mb", "device",
+    for method in throughput.METHODS:
+        assert result["rows_per_s"][method] > 0, method
+    for key in ("speedup_vs_naive", "speedup_vs_pipeline", "new_tokens_per_s", "peak_rss_mb", "device", "cpu_flags",
                 "settings", "adpulse_ceiling_fraction"):
         assert result[key] is not None, key
     assert result["settings"]["prompt_tokens_mean"] > 50  # a realistic tokenizer, not one token per byte

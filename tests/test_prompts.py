@@ -5,7 +5,7 @@ import json
 import pytest
 
 from adpulse_batch.errors import SettingsError
-from adpulse_batch.prompts import ADAPTER_METADATA, INSTRUCTION, PromptBuilder, Template, adapter_template, field_text
+from adpulse_batch.prompts import ADAPTER_METADATA, CHAT_TEMPLATE_KWARGS, INSTRUCTION, PromptBuilder, Template, adapter_template, field_text
 
 
 def test_default_template_is_the_one_the_original_adapter_learned():
@@ -101,8 +101,11 @@ def test_chat_prompts_are_the_tokenizers_chat_template(family_models, tmp_path, 
         tokenizer = tokenizer_of(family_models(arch)[0])
         messages = [{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": "Mug: Blue and big."}]
     builder = PromptBuilder(Template(chat=True), tokenizer, 256)
-    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
-    assert builder.build("Mug", "Blue and big.").ids == expected
+    # Llama 3's template writes today's date unless given one: the prompt must not change nightly.
+    expected = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True, **CHAT_TEMPLATE_KWARGS)["input_ids"]
+    prompt = builder.build("Mug", "Blue and big.")
+    assert prompt.ids == expected
+    assert ("Today Date: 26 Jul 2024" in prompt.text) == (arch == "llama")
     # The prefix every row shares is where those ids start.
     prefix = builder.prefix_ids()
     assert len(prefix) > 5 and expected[: len(prefix)] == prefix
