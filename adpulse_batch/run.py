@@ -32,7 +32,7 @@ from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_co
 from adpulse_batch.errors import InputError, SettingsError
 from adpulse_batch.lock import OutputLock
 from adpulse_batch.engines import engine_class
-from adpulse_batch.model import check_model, context_limit, load_template, load_tokenizer, model_identity, resolve_device
+from adpulse_batch.model import check_fits, check_model, load_template, load_tokenizer, model_identity, resolve_device
 from adpulse_batch.plan import Planner, template_fits_untokenized
 from adpulse_batch.prompts import PromptBuilder
 from adpulse_batch.settings import RunSettings
@@ -121,13 +121,7 @@ def prepare(settings: RunSettings) -> Job:
             raise InputError(f"the input already has a column named {name!r}; choose another name with {flag}")
     template = load_template(settings.model, settings.template, settings.chat)
     check_model(settings.model)
-    limit = context_limit(settings.model)
-    longest = settings.max_prompt_tokens + settings.generation.max_new_tokens
-    if limit is not None and longest > limit[0]:
-        raise SettingsError(
-            f"--max-prompt-tokens {settings.max_prompt_tokens} plus --max-new-tokens {settings.generation.max_new_tokens} "
-            f"exceed the {limit[0]} tokens the model attends to (its {limit[1]}); lower them"
-        )
+    check_fits(settings.model, max_prompt_tokens=settings.max_prompt_tokens, max_new_tokens=settings.generation.max_new_tokens)
     # The tokenizer (and transformers with it) loads when a prompt is first tokenized: a run
     # whose ads all come from the cache never needs it.
     if not template_fits_untokenized(template, settings.max_prompt_tokens):

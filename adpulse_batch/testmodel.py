@@ -90,7 +90,7 @@ ARCHES = tuple(STYLES)
 
 
 def make_test_model(path: str | Path, *, arch: str = "bloom", adapter_path: str | Path | None = None, seed: int = 0) -> None:
-    """Write a tiny model of the family `arch` (2 layers, hidden 64) and its tokenizer to
+    """Write a tiny model of the family `arch` (2 layers, hidden 64, 2 heads of 32) and its tokenizer to
     `path`; with `adapter_path`, also a random LoRA adapter on it whose config records
     `path` as its base."""
     import torch
@@ -131,14 +131,16 @@ def _config(arch: str, tokenizer):
     ids = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     # Weights wider than the families' usual 0.02: greedy text varies instead of echoing the last token.
     shape = dict(vocab_size=len(tokenizer), initializer_range=0.3, **ids)
+    # Heads of 32: the smallest vLLM's CPU attention takes. Llama-style families share one
+    # key/value head between their two query heads (grouped-query attention).
     if arch == "bloom":
-        return AutoConfig.for_model("bloom", hidden_size=64, n_layer=2, n_head=4, **shape)
+        return AutoConfig.for_model("bloom", hidden_size=64, n_layer=2, n_head=2, **shape)
     rope = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, max_position_embeddings=1024, **shape,
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+        head_dim=32, max_position_embeddings=1024, **shape,
     )  # fmt: skip
     extra = {
-        "gemma2": dict(query_pre_attn_scalar=16, attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=1024),
+        "gemma2": dict(query_pre_attn_scalar=32, attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=1024),
         "mistral": dict(sliding_window=1024),
         "phi3": dict(original_max_position_embeddings=1024, sliding_window=1023),
         "qwen2": dict(tie_word_embeddings=True),
