@@ -1,6 +1,8 @@
 """Ad flags on hand-written (input, ad) pairs, their false positives included; banned words; duplicates."""
 
+import importlib.util
 import math
+import sys
 
 import pytest
 from hypothesis import given, settings
@@ -10,6 +12,7 @@ from adpulse_batch.banned import BannedWords, load_banned_words
 from adpulse_batch.duplicates import DuplicateAds
 from adpulse_batch.errors import SettingsError
 from adpulse_batch.flags import FLAG_CODES, FlagRules, flag_ad
+from conftest import REPO
 
 PLAIN = FlagRules()
 LEXUS = {"product": "Lexus NX 300h", "description": "Hybrid SUV in sonic grey with 18-inch wheels and 5 seats.", "price": 41999.0}
@@ -245,3 +248,14 @@ def test_duplicates_over_many_rows():
         ads.add(row, f"Ad {row % 5_000}", f"Product {row}", f"Description {row}")  # each ad four times
     ads.add(20_000, "Only one", "Lonely", "Unique")
     assert all(ads.is_duplicate(row) for row in range(20_000)) and not ads.is_duplicate(20_000)
+
+
+# --- the benchmark -------------------------------------------------------------------------
+
+def test_the_benchmark_runs(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("flags_benchmark", REPO / "benchmarks" / "flags.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["flags_benchmark"] = module
+    spec.loader.exec_module(module)
+    assert module.main(["--rows", "300", "--repeats", "1", "--json", str(tmp_path / "flags.json")]) == 0
+    assert "flag_ad" in capsys.readouterr().out and (tmp_path / "flags.json").is_file()
