@@ -72,15 +72,14 @@ class ReportCollector:
         for reservoir in flags or ("",):  # "": the unflagged rows
             self._seen[reservoir] += 1
             kept = self._reservoirs.setdefault(reservoir, [])
-            if len(kept) < self.sample_size:
-                slot = len(kept)
-                kept.append(None)
-            else:
-                slot = self._random.randrange(self._seen[reservoir])
-                if slot >= self.sample_size:
-                    continue
-            sample = sample or SampleRow(row, _cut(product), _cut(description), _cut(ad), _cut(status), tuple(flags))
-            kept[slot] = sample
+            # Algorithm R: the n-th row offered replaces a kept one with probability size / n.
+            slot = len(kept) if len(kept) < self.sample_size else self._random.randrange(self._seen[reservoir])
+            if slot < self.sample_size:
+                sample = sample or SampleRow(row, _cut(product), _cut(description), _cut(ad), _cut(status), tuple(flags))
+                if slot == len(kept):
+                    kept.append(sample)
+                else:
+                    kept[slot] = sample
 
     def counts(self) -> dict:
         """The counts for the JSON report: rows, per status, per flag (every code), ad lengths."""
@@ -121,8 +120,11 @@ def write_html_report(path: str | Path, summary: Mapping, collector: ReportColle
     """Write the page to `path`, through a temporary file renamed into place."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_text(render_html_report(summary, collector), encoding="utf-8")
-    os.replace(temp, path)
+    try:
+        temp.write_text(render_html_report(summary, collector), encoding="utf-8")
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
 
 
 def render_html_report(summary: Mapping, collector: ReportCollector, *, title: str = "adpulse-batch run") -> str:

@@ -4,6 +4,7 @@ how it renders in a real headless Chromium."""
 import re
 import shutil
 import subprocess
+import tracemalloc
 
 import pytest
 
@@ -58,6 +59,22 @@ def test_the_sample_is_bounded_and_a_rare_flag_is_in_it():
     assert all(len(sample_row.description) <= 401 for sample_row in sample)  # long cells are cut for the page
     assert [s.row for s in sample] == [s.row for s in collector.sample()]  # the same page twice
     assert collector.counts()["flags"]["duplicate"] == 10_000
+
+
+def test_memory_does_not_grow_with_the_run():
+    description = "word " * 1000
+    collector = ReportCollector(CHANNELS["merchant-title"])
+    tracemalloc.start()
+    try:
+        for row in range(30_000):
+            flags = [FLAG_CODES[row % len(FLAG_CODES)]] if row % 3 else []
+            collector.add(row, product=f"Product {row}", description=description, ad=f"Ad number {row}", status="ok", flags=flags)
+            if row == 2_999:
+                after_3k = tracemalloc.get_traced_memory()[0]
+        after_30k = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after_30k < 1.2 * after_3k + 100_000  # the reservoirs are full by then; counts take no more room
 
 
 def test_every_cell_is_escaped_and_nothing_is_fetched():
