@@ -8,10 +8,10 @@ Rows are drawn from sample_catalogs/catalog.csv (all six columns: sku, product n
 description, category, price as a float, stock as an int, NaN where empty); ads are made
 from their words and, in a share of them (`--invented`, default 0.2), one of what the flags
 look for: an invented colour, number, name or model code, a shouted or banned word, "!!",
-an emoji. Each step runs over every pair `--repeats` times (the median is reported), as
-`run` would call it: `flag_ad` with 100 banned words and a channel that forbids emoji,
-`fit_ad` to a 150- and a 30-character channel, `DuplicateAds` (both passes), and
-`ReportCollector.add` then the page. Target: flagging adds no noticeable time to a run,
+an emoji. Each step runs over every pair `--repeats` times (the median and the best are
+reported), as `run` would call it: `flag_ad` with 100 banned words and a channel that
+forbids emoji, `fit_ad` to a 150- and a 30-character channel, `DuplicateAds` (both passes),
+and `ReportCollector.add` then the page. Target: flagging adds no noticeable time to a run,
 well under 2 s per 100k rows.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import random
 import statistics
@@ -128,26 +129,34 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     pairs = synthetic_pairs(args.rows, args.seed, args.invented)
+    import numpy  # noqa: F401  (DuplicateAds imports it on first use: once a run, not timed here)
     runs = [time_steps(pairs) for _ in range(args.repeats)]
     steps = [name for name in runs[0] if name not in ("flagged share", "duplicates found")]
+    # The median says what a run sees on this machine as it is; the best of the repeats is the
+    # nearest to the cost itself when other work shares the CPU.
     per_100k = {name: statistics.median(run[name] for run in runs) * 100_000 / args.rows for name in steps}
     per_100k["total"] = sum(per_100k.values())
+    best_100k = {name: min(run[name] for run in runs) * 100_000 / args.rows for name in steps}
+    best_100k["total"] = sum(best_100k.values())
     flag_counts = {code: 0 for code in FLAG_CODES}
     rules = FlagRules(banned_list(), forbid_emoji=True)
     for cells, ad in pairs[:10_000]:
         for code in flag_ad(rules, cells, ad):
             flag_counts[code] += 1
 
-    print(f"{args.rows:,} rows, {args.invented:.0%} inventing, {args.repeats} repeats (median), {cpu_name()}, "
-          f"Python {platform.python_version()}")
+    print(f"{args.rows:,} rows, {args.invented:.0%} inventing, {args.repeats} repeats, {cpu_name()}, "
+          f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"  {'seconds per 100k rows':<28} {'median':>7} {'best':>7}")
     for name, seconds in per_100k.items():
-        print(f"  {name:<28} {seconds:6.3f} s per 100k rows")
+        print(f"  {name:<28} {seconds:7.3f} {best_100k[name]:7.3f}")
     print(f"  rows flagged: {runs[0]['flagged share']:.0%}; duplicates: {runs[0]['duplicates found']:,}; "
           f"flags in the first 10k: {flag_counts}")
     if args.json:
         args.json.write_text(json.dumps({
             "rows": args.rows, "invented": args.invented, "repeats": args.repeats, "cpu": cpu_name(), "python": platform.python_version(),
             "seconds_per_100k": {name: round(value, 4) for name, value in per_100k.items()},
+            "best_seconds_per_100k": {name: round(value, 4) for name, value in best_100k.items()},
+            "load_average": os.getloadavg()[0],
             "flags_in_first_10k": flag_counts,
         }, indent=2) + "\n")
     return 0
