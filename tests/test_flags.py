@@ -152,6 +152,18 @@ def test_emoji_only_where_the_channel_forbids_them():
     assert flags({"product": "Mug\u2122", "brand": "Acme"}, "A mug\u2122 \u00a9 Acme", no_emoji) == []  # text-style symbols
 
 
+def test_fitting_then_flagging_as_a_run_does():
+    from adpulse_batch.channels import CHANNELS, fit_ad
+
+    channel = CHANNELS["amazon-title"]
+    rules = FlagRules(BannedWords(("cheap",)), forbid_emoji=not channel.allows_emoji)
+    ad = "Cheap tent \U0001F3D5\ufe0f for four. " + "Sleeps four, packs small, pitches fast. " * 6
+    fitted = fit_ad(ad, channel)
+    assert fitted.emoji_removed and not fitted.cut  # whole sentences were dropped: no cut
+    cells = {"product": "Tent", "description": "Sleeps 4, packs small, pitches fast."}
+    assert flags(cells, fitted.text, rules, cut=fitted.cut, emoji_removed=fitted.emoji_removed) == ["banned-word", "emoji"]
+
+
 def test_duplicate_is_what_the_run_says():
     assert flags({"product": "Mug"}, "A mug.", duplicate=True) == ["duplicate"]
 
