@@ -3,7 +3,11 @@
 A channel's "30 characters" are what a reader sees: an emoji is one, even a family joined by
 zero-width joiners, a flag or a skin-tone sequence; a letter with combining accents is one.
 Python counts code points, so this module splits text into extended grapheme clusters
-(Unicode's UAX #29 rules, Indic conjuncts included) with `unicodedata` alone.
+(Unicode's UAX #29 rules, Indic conjuncts included) with `unicodedata` alone. The two
+properties `unicodedata` lacks are approximated: a pictograph (which a zero-width joiner
+joins to the one before) is a character of the emoji table below or any other symbol
+(category So); an Indic consonant is a consonant letter of the six scripts whose virama
+links. Python 3.11's `unicodedata` is Unicode 14.0: a mark added since counts on its own.
 """
 
 from __future__ import annotations
