@@ -19,7 +19,7 @@ words (`banned.WORD`: runs of letters and digits). The rules, in order:
   "NX300h", "X5"), anywhere, or a capitalised word in the middle of a sentence ("Zephyr
   Pro"), that is not an input word. A code is also grounded by two or three input words
   written together ("NX 300h" grounds "NX300h"). A sentence starts at the start of the ad
-  and after . ! ? … : ; | • – — a spaced hyphen or an emoji. Not names: "I", shouted words
+  and after . ! ? … : ; | • · – — 。！？ a spaced hyphen or an emoji. Not names: "I", shouted words
   of 4+ letters (those are `all-caps`), and the words of a Title Case sentence (every word
   capitalised, a short word such as "The" or "For" among them: `wordlists.TITLE_CASE_WORDS`)
   or of a sentence all in capitals (2+ words).
@@ -66,19 +66,24 @@ _PERCENT_MARKERS = ("%", "percent", "per cent", "pct")
 # with thousands separators or decimals, and a percent sign or word after it. (The lookahead
 # first lets the engine skip every position that holds no digit.)
 _NUMBER = re.compile(r"(?=\d)(?<![^\W_])(?<![^\W_][.,])((\d{1,3}(?:,\d{3})+|\d+)(?:\.(\d+))?)(\s?(?:%|percent\b|per cent\b|pct\b))?")
-# Where a new sentence starts: after . ! ? … : ; | • · – — a spaced hyphen, and an emoji
-# (which ad copy uses as a full stop).
-_SENTENCE_BREAK = re.compile(r"[.!?…:;|•·–—]|\s-\s|[\u231a-\u2bff\U0001f000-\U0001faff]")
+# Where a new sentence starts: after . ! ? … : ; | • · – — 。！？ a spaced hyphen, and an
+# emoji (which ad copy uses as a full stop).
+_SENTENCE_BREAK = re.compile(r"[.!?…:;|•·–—。！？]|[ \u00a0]-[ \u00a0]|[\u231a-\u2bff\U0001f000-\U0001faff]")
 _REPEATED_PUNCTUATION = re.compile(r"[!?！？]{2,}|[‼⁇⁈⁉]")
-# Most ads are ASCII, and for them `bytes.translate` then `split` find the words `WORD` finds
-# several times faster than the regex engine: every byte that is not a letter or digit
-# becomes a space, and a sentence break a line break. Other tables tell at once whether an
-# ad has a digit, or a run of four capitals that may be shouting.
-_ASCII_SENTENCES = bytes(
-    c if chr(c).isascii() and chr(c).isalnum() else ord("\n") if chr(c) in ".!?:;|" else ord(" ") for c in range(256)
+# `bytes.translate` then `split` find the words `WORD` finds several times faster than the
+# regex engine: every ASCII byte that is not a letter or digit becomes a space, and a
+# sentence break a line break. Other tables tell at once whether an ASCII ad has a digit,
+# or a run of four capitals that may be shouting.
+_ASCII_SENTENCES = bytes(  # bytes of UTF-8 sequences (0x80 and up) are kept as they are
+    c if c >= 0x80 or chr(c).isalnum() else ord("\n") if chr(c) in ".!?:;|" else ord(" ") for c in range(256)
 )
 _ASCII_CAPITALS = bytes(ord("U") if ord("A") <= c <= ord("Z") else ord(".") for c in range(256))
 _NOT_DIGITS = bytes(c for c in range(256) if not ord("0") <= c <= ord("9"))
+# Punctuation beyond ASCII, as UTF-8: sentence breaks become "|" (a break to the table above),
+# the rest a space.
+_UNICODE_PUNCTUATION = [(mark.encode(), b"|") for mark in "…•·–—。！？"] + [
+    (mark.encode(), b" ") for mark in "’‘“”„‚«»‹›¡¿、，「」『』（）：；\u00a0"
+]
 _DIGIT = re.compile(r"\d")
 
 
@@ -109,24 +114,26 @@ def flag_ad(
     ['ungrounded-color', 'ungrounded-name', 'repeated-punctuation']
     """
     source = _Input(cells)
-    if ad.isascii():
-        encoded = ad.encode()
-        marked = encoded.replace(b" - ", b" | ").translate(_ASCII_SENTENCES).decode()
-        sentences = [sentence.split() for sentence in marked.split("\n")]
-        folded = ad.lower()
-        words = marked.lower().split()
-        has_digit = bool(encoded.translate(None, _NOT_DIGITS))
-        may_shout = b"UUUU" in encoded.translate(_ASCII_CAPITALS)
-        repeats_punctuation = "!!" in ad or "??" in ad or "?!" in ad or "!?" in ad
-        has_emoji_now = False
+    ascii_ad = ad.isascii()
+    encoded = ad.encode()
+    sentences = _fast_sentences(encoded, ascii_ad)
+    if sentences is not None:
+        folded = ad.lower() if ascii_ad else ad.casefold()
+        words = [word.lower() if ascii_ad else word.casefold() for tokens in sentences for word in tokens]
+        has_emoji_now = False  # an emoji is not a letter: such an ad takes the other path
     else:
         sentences = [WORD.findall(sentence) for sentence in _SENTENCE_BREAK.split(ad)]
         folded = ad.casefold()
         words = WORD.findall(folded)
-        has_digit = _DIGIT.search(ad) is not None
+        has_emoji_now = rules.forbid_emoji and has_emoji(ad)
+    if ascii_ad:
+        has_digit = bool(encoded.translate(None, _NOT_DIGITS))
+        may_shout = b"UUUU" in encoded.translate(_ASCII_CAPITALS)
+        repeats_punctuation = "!!" in ad or "??" in ad or "?!" in ad or "!?" in ad
+    else:
+        has_digit = not "".join(words).isalpha()
         may_shout = True
         repeats_punctuation = _REPEATED_PUNCTUATION.search(ad) is not None
-        has_emoji_now = rules.forbid_emoji and has_emoji(ad)
     mixed = [word for word in words if not word.isalpha()] if has_digit else []  # "16", "16gb", "nx300h"
     flags = []
     if _has_ungrounded_number(folded, words, mixed, source):
@@ -154,11 +161,25 @@ def flag_ad(
     return flags
 
 
+def _fast_sentences(encoded: bytes, ascii_ad: bool) -> list[list[str]] | None:
+    """The ad's sentences, each as its words as written, cut by `bytes.translate` and `split`
+    several times faster than by the regex engine; None for text that holds a character
+    neither a letter, digit, space nor known punctuation (an emoji, a rare symbol), which the
+    regex engine must cut."""
+    if not ascii_ad:
+        for character, replacement in _UNICODE_PUNCTUATION:
+            encoded = encoded.replace(character, replacement)
+    marked = encoded.replace(b" - ", b" | ").translate(_ASCII_SENTENCES).decode()
+    if not ascii_ad and not "".join(marked.split()).isalnum():
+        return None
+    return [sentence.split() for sentence in marked.split("\n")]
+
+
 class _Input:
     """The input cells of one row as the rules compare them. Words are looked up by searching
     the text (a few look-ups an ad cost less than splitting every cell into words); cells
-    that are not text (numbers, lists), the input's numbers and its joined words are turned
-    into text only for an ad that needs them."""
+    that are not text (numbers, lists), the input's numbers and its list of words are
+    worked out only for an ad that needs them."""
 
     def __init__(self, cells: Mapping | Iterable):
         values = cells.values() if isinstance(cells, Mapping) else cells
@@ -169,7 +190,7 @@ class _Input:
         self._text = "\n".join(texts)
         self._folded = self._text.casefold()
         self._numbers: tuple[set[str], set[str]] | None = None
-        self._joined: set[str] | None = None
+        self._words: list[str] | None = None
 
     @property
     def text(self) -> str:
@@ -213,14 +234,19 @@ class _Input:
         """Whether the input writes `value` in words ("three" for 3, "twenty five" for 25)."""
         return any(all(map(self.has_word, words)) for words in _SPELLINGS.get(value, ()))
 
-    @property
-    def joined(self) -> set[str]:
-        """Two and three consecutive input words written as one ("nx 300h" -> "nx300h")."""
-        if self._joined is None:
-            words = WORD.findall(self.folded)
-            pairs = {a + b for a, b in zip(words, words[1:])}
-            self._joined = pairs | {a + b + c for a, b, c in zip(words, words[1:], words[2:])}
-        return self._joined
+    def joins(self, code: str) -> bool:
+        """Whether two or three consecutive input words make `code` written together
+        ("nx 300h" and "nx-300h" make "nx300h")."""
+        if self._words is None:
+            self._words = WORD.findall(self.folded)
+        words = self._words
+        for index, word in enumerate(words[:-1]):
+            if code.startswith(word) and len(word) < len(code):
+                rest = code[len(word) :]
+                after = words[index + 1]
+                if rest == after or (rest.startswith(after) and index + 2 < len(words) and rest[len(after) :] == words[index + 2]):
+                    return True
+        return False
 
 
 def _has_word(text: str, word: str) -> bool:
@@ -279,19 +305,20 @@ def _number_claims(folded: str, words: list[str] | tuple) -> list[tuple[bool, tu
         claims.append((bool(percent), (f"{value}.{decimals}" if decimals else value,), written))
     if _NUMBER_WORD_SET.isdisjoint(words):
         return claims
-    index = 0
-    while index < len(words):
-        if words[index] not in NUMBER_WORDS:
-            index += 1
-            continue
-        run = []
-        while index < len(words) and words[index] in NUMBER_WORDS:
-            run.append(words[index])
-            index += 1
+    positions = [index for index, word in enumerate(words) if word in _NUMBER_WORD_SET]
+    runs: list[list[int]] = []
+    for index in positions:  # consecutive number words are one number: "twenty five"
+        if runs and runs[-1][-1] == index - 1:
+            runs[-1].append(index)
+        else:
+            runs.append([index])
+    for run_positions in runs:
+        run = [words[index] for index in run_positions]
         if len(run) == 1 and run[0] in NOT_ALONE:
             continue
-        percent = index < len(words) and (
-            words[index] in PERCENT_WORDS or (words[index] == "per" and words[index + 1 : index + 2] == ["cent"])
+        after = run_positions[-1] + 1
+        percent = after < len(words) and (
+            words[after] in PERCENT_WORDS or (words[after] == "per" and words[after + 1 : after + 2] == ["cent"])
         )
         values = (str(_value_of(run)),) + tuple(str(NUMBER_WORDS[word]) for word in run if word not in NOT_ALONE)
         claims.append((percent, values, " ".join(run)))
@@ -334,7 +361,7 @@ _SPELLINGS = _spellings()
 
 def _has_ungrounded_code(mixed: list[str], source: _Input) -> bool:
     """Whether a model code of the ad (a case-folded word with a letter first and a digit later) is not in the input."""
-    return any(word[0].isalpha() and not source.has_word(word) and word not in source.joined for word in mixed)
+    return any(word[0].isalpha() and not source.has_word(word) and not source.joins(word) for word in mixed)
 
 
 def _has_ungrounded_name(sentences: list[list[str]], source: _Input) -> bool:

@@ -186,16 +186,21 @@ def test_no_input_at_all():
 vocabulary = st.sampled_from([
     "mug", "Mug", "the", "The", "Zephyr", "Pro", "NX300h", "black", "grey", "3", "three", "50%", "50", "SALE", "LED",
     "I", "Acme", "cheap", "!!", "?", ".", ",", ":", " - ", "|", "twenty", "five", "1,000", "19.99", "NASA",
+    "\u00dcber", "\u00dcBER", "na\u00efve", "\u2013", "\u2026", "\u2019s", "\u00ab", "\u00bb", "\u65e5\u672c", "\u3002",
+    "\uff01\uff01", "\u00a0",
 ])
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(vocabulary, min_size=1, max_size=16).map(" ".join), st.lists(vocabulary, max_size=10).map(" ".join))
-def test_ascii_and_other_ads_are_judged_alike(ad, description):
-    # ASCII ads take a faster path; a sentence in another script must not change the verdict.
+def test_every_way_to_cut_an_ad_into_words_judges_alike(ad, description):
+    # ASCII ads, and ads of letters and common punctuation, take faster paths than ads with
+    # an emoji; a sentence added in another script, or with an emoji, must not change the verdict.
     rules = FlagRules(BannedWords(("cheap",)))
     cells = {"product": "Acme mug", "description": description}
-    assert flags(cells, ad, rules) == flags(cells, ad + ". caf\u00e9", rules)
+    verdict = flags(cells, ad, rules)
+    assert flags(cells, ad + ". caf\u00e9", rules) == verdict
+    assert flags(cells, ad + ". caf\u00e9 \U0001F642", rules) == verdict
 
 
 # --- banned words file ---------------------------------------------------------------------
