@@ -84,7 +84,6 @@ _NOT_DIGITS = bytes(c for c in range(256) if not ord("0") <= c <= ord("9"))
 _UNICODE_PUNCTUATION = [(mark.encode(), b"|") for mark in "…•·–—。！？"] + [
     (mark.encode(), b" ") for mark in "’‘“”„‚«»‹›¡¿、，「」『』（）：；\u00a0"
 ]
-_DIGIT = re.compile(r"\d")
 
 
 @dataclass(frozen=True)
