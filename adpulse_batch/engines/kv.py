@@ -11,15 +11,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# A float32 model's cache is kept in float64, the precision its attention is computed in
-# (see `attend`), when it takes at most this many bytes: converting every cached key and
-# value at every step was 23% of the engine's CPU profile, and the float64 cache measured
-# 7-8% faster (benchmarks/README.md). A larger cache (bloom-1b7, 32 rows of ~140 slots: about
-# 3.5 GB in float64) stays float32 and is converted as attention reads it, so memory never
-# exceeds what a float32 cache takes. Either way attention sees the same float64 values.
-FLOAT64_CACHE_BYTES = 2 * 2**30
-
-
 @dataclass
 class Prefix:
     """Token ids every prompt starts with, and their keys and values in each layer."""
@@ -38,8 +29,6 @@ class KVCache:
     """
 
     def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int, *, device, dtype):
-        if dtype == torch.float32 and 2 * layers * batch * heads * length * head_dim * 8 <= FLOAT64_CACHE_BYTES:
-            dtype = torch.float64
         shape = (batch, heads, length, head_dim)
         self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
@@ -79,22 +68,29 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torc
     kv_heads, L, d) with heads a multiple of kv_heads (grouped-query attention), bias
     broadcastable to (batch, heads, T, L). Returns (batch, heads, T, d).
 
-    In float32 (the CPU default) it is computed in float64 and rounded back: its sums run
-    over the padded key length, which depends on the other rows of the batch, and float32
-    sums in a different order round differently. In float64 the difference vanishes in the
-    rounding, so a row's ad does not depend on its batch. (A float64 cache makes
-    `.double()` a no-op.) Half precision uses the fused kernel where it can.
+    In float32 (the CPU default) a row's result should not depend on the other rows of its
+    batch, whose prompts decide how much padding the row's slots hold. Each part is computed
+    in a form whose float32 result the padding does not move (measured: see README): the
+    scores as keys @ queries, one key per row of the product, as a linear layer's rows are;
+    the softmax over the padded slots in float64, since float32 sums over another padding
+    run in another order, rounded back to float32; the weighted sum of values, where the
+    padding's weights are exactly zero. (Queries @ keys, and attention in float32 through
+    the fused kernel, do move: their blocking follows the padded length.) Half precision
+    uses the fused kernel where it can.
     """
     batch, heads, steps, dim = q.shape
-    groups = heads // keys.shape[1]
+    kv_heads = keys.shape[1]
+    groups = heads // kv_heads
     if q.dtype != torch.float32 and softcap is None:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), scale=scale, enable_gqa=groups > 1)
-    work = torch.float64 if q.dtype == torch.float32 else q.dtype
     # Group the query heads that share a key head: (batch, kv_heads, groups * T, d).
-    grouped = q.to(work).reshape(batch, keys.shape[1], groups * steps, dim)
-    scores = (grouped @ keys.to(work).transpose(-1, -2) * scale).view(batch, heads, steps, -1)
+    grouped = q.reshape(batch, kv_heads, groups * steps, dim)
+    scores = (keys @ grouped.transpose(-1, -2)).transpose(-1, -2) * scale
+    scores = scores.reshape(batch, heads, steps, -1)
+    exact = torch.float64 if q.dtype == torch.float32 else torch.float32
+    scores = scores.to(exact)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
-    weights = torch.softmax(scores + bias, dim=-1, dtype=torch.float32 if work != torch.float64 else work).to(work)
-    out = weights.view(batch, keys.shape[1], groups * steps, -1) @ values.to(work)
-    return out.view(batch, heads, steps, dim).to(q.dtype)
+    weights = torch.softmax(scores + bias, dim=-1).to(q.dtype)
+    out = weights.reshape(batch, kv_heads, groups * steps, -1) @ values
+    return out.view(batch, heads, steps, dim)

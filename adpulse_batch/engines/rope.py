@@ -5,7 +5,7 @@ transformers already knows each family's norms, rotary embedding, grouped-query 
 and soft-capping; what it does not do is what makes our batches fast and exact: one cache
 allocated per batch (`KVCache`, which its attention layers write through `update`), the
 shared instruction run once per job, rows padded *between* that prefix and their own
-tokens, and attention in float64 for float32 models. Its layers take `position_ids` and
+tokens, and attention computed so that the padding leaves a row's result alone. Its layers take `position_ids` and
 route attention through `AttentionInterface`, so positions come from the mask (a row's
 tokens continue the prefix's positions whatever the padding) and attention is ours
 (`kv.attend`), given the additive bias as its 4-D mask, which transformers passes through.
