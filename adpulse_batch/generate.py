@@ -2,9 +2,11 @@
 
 This is the policy every engine shares, so that every engine writes ads the same way:
 prompts are sorted by length and cut into batches; a sampled request draws from a seed made
-of its prompt and variant number (so an ad does not depend on its batch); every answer is
-cut at the first end-of-text id or where its text starts a new `###` section, whatever the
-engine did there; the text is cleaned.
+of its prompt and variant number (so an ad does not depend on its batch); banned words are
+kept out as tokens are chosen; every answer is cut at the first end-of-text id or where its
+text starts a new `###` section, whatever the engine did there; the text is cleaned and
+fitted to its channel; an answer that comes out empty is asked for once more, made to write
+RETRY_MIN_TOKENS tokens before it may stop.
 """
 
 from __future__ import annotations
@@ -12,14 +14,17 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from adpulse_batch.engines import Decoding, Engine, Request, engine_class
+from adpulse_batch.banned import BannedWords
+from adpulse_batch.channels import fit_ad
 from adpulse_batch.prompts import Prompt, PromptBuilder, one_line
 from adpulse_batch.settings import GenerationSettings, ModelSettings
 
 STOP_TEXT = "###"  # a new section of the template: the ad is over
 _BYTE_TOKEN = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece byte fallback
+RETRY_MIN_TOKENS = 8  # an empty answer's retry writes at least a short phrase
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class Generation:
     new_tokens: int
     finish: str  # "eos", "stop" (a new ### section) or "length" (hit --max-new-tokens)
     ids: tuple[int, ...] = ()  # the generated token ids, EOS excluded (benchmarks compare them)
+    flags: tuple[str, ...] = ()  # what fitting it to its channel did: "too-long" (cut mid-sentence), "emoji" (removed)
 
 
 class StopRule:
@@ -59,8 +65,8 @@ class StopRule:
                 return tokens[: i + 1], "stop"
         return tokens, "length"
 
-    def decoding(self, settings: GenerationSettings) -> Decoding:
-        """What an engine is told for a job with `settings`."""
+    def decoding(self, settings: GenerationSettings, blocked: Callable[[list[int]], frozenset[int]] | None = None) -> Decoding:
+        """What an engine is told for a job with `settings` (and banned words, `blocked`)."""
         return Decoding(
             max_new_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
@@ -69,6 +75,7 @@ class StopRule:
             stop_text=STOP_TEXT,
             stop_triggers=self.triggers,
             stopped=self.stopped,
+            blocked=blocked,
         )
 
 
@@ -77,6 +84,7 @@ class Generator:
 
     def __init__(self, engine: Engine, tokenizer, settings: GenerationSettings, stop: StopRule):
         self.engine, self.tokenizer, self.settings, self.stop = engine, tokenizer, settings, stop
+        self.channel = settings.target_channel
 
     def generate(self, prompts: list[Prompt], *, batch_size: int, on_batch: Callable[[list[int]], None] | None = None) -> list[list[Generation]]:
         """The ads (one per variant) for each prompt, in the order of `prompts`.
@@ -90,25 +98,31 @@ class Generator:
         results: list[list[Generation | None]] = [[None] * variants for _ in prompts]
         for first in range(0, len(requests), batch_size):
             batch = requests[first : first + batch_size]
-            answers = self.engine.generate([Request(prompts[i].ids, self._seed(prompts[i].text, k)) for i, k in batch])
+            asked = [Request(prompts[i].ids, self._seed(prompts[i].text, k)) for i, k in batch]
+            ads = [self._ad(tokens) for tokens in self.engine.generate(asked)]
+            empty = [n for n, ad in enumerate(ads) if not ad.text]
+            if empty:
+                again = self.engine.generate([replace(asked[n], min_new_tokens=RETRY_MIN_TOKENS) for n in empty])
+                for n, tokens in zip(empty, again):
+                    ads[n] = self._ad(tokens, earlier=ads[n].new_tokens)
             finished = []
-            for (i, k), tokens in zip(batch, answers):
-                results[i][k] = self._ad(tokens)
+            for (i, k), ad in zip(batch, ads):
+                results[i][k] = ad
                 if all(g is not None for g in results[i]):
                     finished.append(i)
             if on_batch is not None:
                 on_batch(finished)
         return results
 
-    def _ad(self, tokens: list[int]) -> Generation:
+    def _ad(self, tokens: list[int], *, earlier: int = 0) -> Generation:
+        """The ad of an answer; `earlier`: tokens an empty first answer took (they count too)."""
         kept, finish = self.stop.cut(list(tokens))
-        text = self.tokenizer.decode(kept, skip_special_tokens=True)
-        return Generation(
-            text=clean_ad(text, cut=finish == "length", max_chars=self.settings.max_chars),
-            new_tokens=len(kept) + (finish == "eos"),
-            finish=finish,
-            ids=tuple(kept),
-        )
+        text = clean_ad(self.tokenizer.decode(kept, skip_special_tokens=True), cut=finish == "length")
+        flags = ()
+        if self.channel is not None:
+            fitted = fit_ad(text, self.channel)
+            text, flags = fitted.text, ("too-long",) * fitted.cut + ("emoji",) * fitted.emoji_removed
+        return Generation(text=text, new_tokens=earlier + len(kept) + (finish == "eos"), finish=finish, ids=tuple(kept), flags=flags)
 
     def _seed(self, text: str, variant: int) -> int | None:
         if not self.settings.sampled:
@@ -123,7 +137,13 @@ def load_generator(model: ModelSettings, builder: PromptBuilder, settings: Gener
     from adpulse_batch.model import stop_ids
 
     stop = StopRule(builder.tokenizer, stop_ids(model, builder.tokenizer))
-    engine = engine_class(model.engine).load(model, tokenizer=builder.tokenizer, device=device, decoding=stop.decoding(settings))
+    blocked = None
+    if settings.banned_words:
+        from adpulse_batch.masking import BannedTokens
+
+        blocked = BannedTokens(builder.tokenizer, BannedWords(settings.banned_words)).blocked
+    decoding = stop.decoding(settings, blocked)
+    engine = engine_class(model.engine).load(model, tokenizer=builder.tokenizer, device=device, decoding=decoding)
     engine.reuse_prefix(builder.prefix_ids())
     return Generator(engine, builder.tokenizer, settings, stop)
 
@@ -131,18 +151,14 @@ def load_generator(model: ModelSettings, builder: PromptBuilder, settings: Gener
 _SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*")
 
 
-def clean_ad(text: str, *, cut: bool = False, max_chars: int | None = None) -> str:
+def clean_ad(text: str, *, cut: bool = False) -> str:
     """Ad text as written to the catalog: up to a new `###` section, without control
     characters or broken bytes, whitespace collapsed. When generation was `cut` by the token
-    limit, an unfinished last sentence is dropped (kept when it is all there is);
-    `max_chars` then cuts at a word boundary."""
+    limit, an unfinished last sentence is dropped (kept when it is all there is)."""
     text = text.split(STOP_TEXT, 1)[0].replace("\ufffd", "")
     text = one_line(text)
     if cut:
         ends = list(_SENTENCE_END.finditer(text))
         if ends and any(ch.isalnum() for ch in text[ends[-1].end() :]):
             text = text[: ends[-1].end()]
-    if max_chars is not None and len(text) > max_chars:
-        space = text.rfind(" ", 0, max_chars + 1)
-        text = (text[:space] if space > 0 else text[:max_chars]).rstrip(" ,;:-–—")
     return text

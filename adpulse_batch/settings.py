@@ -66,12 +66,21 @@ class GenerationSettings:
     seed: int = 0
     """Seed of sampled ads; each row and variant draws from its own seeded generator."""
     max_chars: int | None = None
-    """Cut each ad to at most this many characters, at a word boundary."""
+    """Fit each ad to at most this many characters (the channel's limit, when there is one)."""
+    channel: str | None = None
+    """Where the ads go (`channels.CHANNELS`): their length limit and whether emoji are allowed."""
+    banned_words: tuple[str, ...] = ()
+    """Words and phrases the model may not write (whole words, any casing)."""
 
     def __post_init__(self):
+        from adpulse_batch.banned import BannedWords
+        from adpulse_batch.channels import find_channel
+
         _at_least(self.max_new_tokens, 1, "--max-new-tokens")
         _at_least(self.num_variants, 1, "--num-variants")
         _at_least(self.max_chars, 1, "--max-chars")
+        object.__setattr__(self, "banned_words", BannedWords(tuple(self.banned_words)).phrases)
+        find_channel(self.channel, max_chars=self.max_chars)  # an unknown name is refused here
         _at_least(self.seed, 0, "--seed")
         if self.temperature < 0:
             raise SettingsError(f"--temperature must be 0 (greedy) or more, not {self.temperature}")
@@ -85,6 +94,13 @@ class GenerationSettings:
     @property
     def sampled(self) -> bool:
         return self.temperature > 0
+
+    @property
+    def target_channel(self):
+        """The `channels.Channel` ads are fitted to: the channel's, or --max-chars alone; None: no limit."""
+        from adpulse_batch.channels import find_channel
+
+        return find_channel(self.channel, max_chars=self.max_chars)
 
 
 @dataclass(frozen=True)

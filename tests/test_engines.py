@@ -4,7 +4,6 @@ picks, whatever the batch, with or without the shared prefix, greedy or seeded."
 import pytest
 import torch
 
-from adpulse_batch.engines import kv
 from adpulse_batch.generate import load_generator
 from adpulse_batch.model import load_model, load_tokenizer, stop_ids
 from adpulse_batch.prompts import PromptBuilder, Template
@@ -76,16 +75,6 @@ def test_the_shared_prefix_changes_nothing(arch_model):
     assert generator.generate(prompts, batch_size=4) == with_prefix
 
 
-def test_a_float32_cache_gives_the_same_ads(arch_model, monkeypatch):
-    # Small caches are float64 (no conversion per step); large ones stay float32 and are
-    # converted as attention reads them. Attention sees the same values either way.
-    _, model_dir, adapter_dir = arch_model
-    _, _, generator, prompts = setup(model_dir, adapter_dir, max_new_tokens=16)
-    in_float64 = generator.generate(prompts, batch_size=4)
-    monkeypatch.setattr(kv, "FLOAT64_CACHE_BYTES", 0)
-    assert generator.generate(prompts, batch_size=4) == in_float64
-
-
 def test_sampled_ads_repeat_with_their_seed_whatever_the_batch(arch_model):
     _, model_dir, adapter_dir = arch_model
     sampling = dict(max_new_tokens=12, temperature=1.0, top_p=0.9, num_variants=2)
@@ -106,3 +95,23 @@ def test_every_other_family_matches_transformers_too(arch, tmp_path):
     ours = ids(generator.generate(prompts, batch_size=8))
     assert ours == [v[0].ids for p in prompts for v in generator.generate([p], batch_size=1)]
     assert ours == transformers_tokens(model, builder, prompts, 8)
+
+
+def test_banned_words_are_never_written(arch_model):
+    # The words the model writes most are banned: they vanish from every ad, in any casing,
+    # and every row still gets an ad.
+    from collections import Counter
+
+    from adpulse_batch.banned import words_of
+
+    _, model_dir, adapter_dir = arch_model
+    _, _, generator, prompts = setup(model_dir, adapter_dir, max_new_tokens=24)
+    free = [v[0].text for v in generator.generate(prompts, batch_size=8)]
+    common = [w for w, _ in Counter(w for ad in free for w in set(words_of(ad)) if len(w) > 2).most_common(3)]
+    assert common, free
+    _, _, banning, _ = setup(model_dir, adapter_dir, max_new_tokens=24, banned_words=tuple(common))
+    ads = [v[0].text for v in banning.generate(prompts, batch_size=8)]
+    assert all(ads), ads
+    for ad in ads:
+        assert not any(word.startswith(tuple(common)) for word in words_of(ad)), (ad, common)
+    assert ads != free

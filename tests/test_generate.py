@@ -83,25 +83,26 @@ def test_token_limit_drops_the_unfinished_sentence(tokenizer_setup):
 def test_sampled_requests_get_seeds_of_their_own_whatever_the_batch(tokenizer_setup):
     tokenizer, stop = tokenizer_setup
     settings = dict(max_new_tokens=4, temperature=0.7, num_variants=3, seed=7)
-    _, batched = write(tokenizer_setup, [min(stop.ids)], prompts=5, **settings)
+    answer = encode(tokenizer, " Buy it.") + [min(stop.ids)]
+    _, batched = write(tokenizer_setup, answer, prompts=5, **settings)
     seeds = {(tuple(r.ids), r.seed) for call in batched.calls for r in call}
     alone = set()
     for i in range(5):  # each prompt on its own
-        engine = ScriptedEngine([min(stop.ids)])
+        engine = ScriptedEngine(answer)
         Generator(engine, tokenizer, GenerationSettings(**settings), stop).generate(
             [PromptBuilder(Template(), tokenizer, 256).build(f"Mug {i}", "Blue")], batch_size=1
         )
         alone |= {(tuple(r.ids), r.seed) for call in engine.calls for r in call}
     assert seeds == alone and len({seed for _, seed in seeds}) == 15
-    _, other = write(tokenizer_setup, [min(stop.ids)], prompts=5, **{**settings, "seed": 8})
+    _, other = write(tokenizer_setup, answer, prompts=5, **{**settings, "seed": 8})
     assert not {seed for _, seed in seeds} & {r.seed for call in other.calls for r in call}
-    _, greedy = write(tokenizer_setup, [min(stop.ids)], prompts=5, max_new_tokens=4)
+    _, greedy = write(tokenizer_setup, answer, prompts=5, max_new_tokens=4)
     assert {r.seed for call in greedy.calls for r in call} == {None}
 
 
 def test_batches_are_sorted_longest_first(tokenizer_setup):
     tokenizer, stop = tokenizer_setup
-    engine = ScriptedEngine([min(stop.ids)])
+    engine = ScriptedEngine(encode(tokenizer, " Buy it.") + [min(stop.ids)])
     builder = PromptBuilder(Template(), tokenizer, 256)
     prompts = [builder.build("Mug", "Blue " * n) for n in (1, 9, 3, 27, 5)]
     Generator(engine, tokenizer, GenerationSettings(), stop).generate(prompts, batch_size=2)
@@ -110,21 +111,42 @@ def test_batches_are_sorted_longest_first(tokenizer_setup):
     assert lengths == sorted(lengths, reverse=True)
 
 
+def test_an_empty_answer_is_asked_for_again_and_made_to_write(tokenizer_setup):
+    tokenizer, stop = tokenizer_setup
+    words = encode(tokenizer, " Buy it.")
+    # First answer: the stop text at once (an empty ad); asked again with min_new_tokens, it writes.
+    [[ad]], engine = write(tokenizer_setup, lambda r: words if r.min_new_tokens else encode(tokenizer, "###"), max_new_tokens=16)
+    assert [[r.min_new_tokens for r in call] for call in engine.calls] == [[0], [8]]
+    assert ad.text == "Buy it." and ad.new_tokens == len(encode(tokenizer, "###")) + len(words)
+    # Still empty the second time: left empty (the run says so in the status).
+    [[ad]], engine = write(tokenizer_setup, [min(stop.ids)], max_new_tokens=16)
+    assert ad.text == "" and len(engine.calls) == 2
+
+
+def test_ads_are_fitted_to_their_channel(tokenizer_setup):
+    tokenizer, stop = tokenizer_setup
+    long_ad = encode(tokenizer, " Soft organic cotton tee. Made to last, in five colours. Order yours today!") + [min(stop.ids)]
+    [[ad]], _ = write(tokenizer_setup, long_ad, max_new_tokens=64, channel="google-ads-headline")
+    assert (ad.text, ad.flags) == ("Soft organic cotton tee.", ())  # a whole sentence: not cut
+    [[ad]], _ = write(tokenizer_setup, long_ad, max_new_tokens=64, channel="meta-headline", max_chars=20)
+    assert len(ad.text) <= 20 and ad.flags == ("too-long",)
+    emoji = encode(tokenizer, " Comfy tee 🌟 for you.") + [min(stop.ids)]
+    [[ad]], _ = write(tokenizer_setup, emoji, max_new_tokens=64, channel="amazon-title")
+    assert (ad.text, ad.flags) == ("Comfy tee for you.", ("emoji",))
+
+
 @pytest.mark.parametrize(
-    "text, cut, max_chars, expected",
+    "text, cut, expected",
     [
-        ("  Shop now!\n\n### Ad:\nmore", False, None, "Shop now!"),
-        ("Walk in elegance. Shop now", True, None, "Walk in elegance."),
-        ("Walk in elegance. Shop now", False, None, "Walk in elegance. Shop now"),
-        ("Shop now & make a statement! \ufffd", True, None, "Shop now & make a statement!"),
-        ("Fresh look! 🌟", True, None, "Fresh look! 🌟"),  # nothing unfinished after the '!'
-        ("Only a fragment without end", True, None, "Only a fragment without end"),
-        ("Bold\x07 colours,\tbright\r\ndays.", False, None, "Bold colours, bright days."),
-        ("Comfy meets chic, elevate your wardrobe today", False, 25, "Comfy meets chic, elevate"),
-        ("Comfy meets chic, elevate your wardrobe today", False, 24, "Comfy meets chic"),
-        ("Supercalifragilistic", False, 5, "Super"),
+        ("  Shop now!\n\n### Ad:\nmore", False, "Shop now!"),
+        ("Walk in elegance. Shop now", True, "Walk in elegance."),
+        ("Walk in elegance. Shop now", False, "Walk in elegance. Shop now"),
+        ("Shop now & make a statement! \ufffd", True, "Shop now & make a statement!"),
+        ("Fresh look! 🌟", True, "Fresh look! 🌟"),  # nothing unfinished after the '!'
+        ("Only a fragment without end", True, "Only a fragment without end"),
+        ("Bold\x07 colours,\tbright\r\ndays.", False, "Bold colours, bright days."),
     ],
 )
-def test_clean_ad(text, cut, max_chars, expected):
-    assert clean_ad(text, cut=cut, max_chars=max_chars) == expected
+def test_clean_ad(text, cut, expected):
+    assert clean_ad(text, cut=cut) == expected
 

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Request:
     """One generation: the prompt's token ids exactly as the model must see them (special
-    tokens included), and the seed of its sampler (None: greedy)."""
+    tokens included), the seed of its sampler (None: greedy), and how many tokens it must
+    write before it may stop (a retry of an answer that came out empty)."""
 
     ids: list[int]
     seed: int | None = None
+    min_new_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,9 @@ class Decoding:
     An engine stops a request at any of `stop_ids` (the model's end-of-text tokens) and once
     `stopped(tokens)` is true (the text so far holds the stop text); `stopped` can only turn
     true after a token of `stop_triggers`, so an engine need not call it after other tokens.
-    An engine may generate past a stop: its caller cuts there anyway.
+    An engine may generate past a stop: its caller cuts there anyway. Before a request's
+    `min_new_tokens`, neither stop ids nor stop triggers may be chosen. With `blocked`, the
+    ids `blocked(tokens)` returns must not be chosen after `tokens` (banned words).
     """
 
     max_new_tokens: int
@@ -43,6 +47,7 @@ class Decoding:
     stop_text: str
     stop_triggers: frozenset[int]
     stopped: Callable[[list[int]], bool]
+    blocked: Callable[[list[int]], frozenset[int]] | None = None
 
     @property
     def sampled(self) -> bool:

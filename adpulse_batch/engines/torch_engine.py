@@ -94,6 +94,7 @@ class TorchEngine(Engine):
         active = list(range(batch))  # batch rows still in the cache, in cache order
         done: set[int] = set()
         for step in range(steps):
+            self._mask(logits, [(j, row) for j, row in enumerate(active) if row not in done], requests, tokens, step)
             chosen = self._choose(logits, [generators[row] for row in active])
             for row, token in zip(active, chosen.tolist()):
                 if row in done:
@@ -114,6 +115,16 @@ class TorchEngine(Engine):
                 active = [active[j] for j in keep]
             logits = forward.logits(chosen[:, None], cache, prompt_end + step, valid, positions)
         return tokens
+
+    def _mask(self, logits: torch.Tensor, rows: list[tuple[int, int]], requests: list[Request], tokens: list[list[int]], step: int) -> None:
+        """Rule out, for each (batch position, request) of `rows`, the tokens it may not choose now."""
+        decoding = self.decoding
+        for j, row in rows:
+            ruled_out = decoding.blocked(tokens[row]) if decoding.blocked is not None else frozenset()
+            if step < requests[row].min_new_tokens:
+                ruled_out = ruled_out | decoding.stop_ids | decoding.stop_triggers
+            if ruled_out:
+                logits[j, list(ruled_out)] = float("-inf")
 
     def _choose(self, logits: torch.Tensor, generators: list) -> torch.Tensor:
         decoding = self.decoding
