@@ -296,17 +296,24 @@ def _csv_records(path: Path, encoding: str) -> tuple[list[str], Iterator[tuple[i
     # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark Excel writes.
     python_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
     handle = open(path, newline="", encoding=python_encoding)
-    reader = csv.reader(handle)
+    # strict: a quote that never closes, or text after a closing quote ("Hat"x), is an error
+    # instead of a guess (the lenient reader swallows the rest of the file into one cell, or
+    # drops the quotes).
+    reader = csv.reader(handle, strict=True)
+    ended = 0  # the line the last record ended on
 
     def decoding(step):
+        nonlocal ended
         try:
-            return step()
+            record = step()
         except UnicodeDecodeError:
             handle.close()
             raise _decode_error(path, encoding) from None
         except csv.Error as error:
             handle.close()
-            raise InputError(f"{path} line {reader.line_num}: not valid CSV ({error})") from None
+            raise _csv_error(path, error, record_line=ended + 1, line=reader.line_num) from None
+        ended = reader.line_num
+        return record
 
     header = decoding(lambda: next(reader, None))
     if header is None:
@@ -324,6 +331,22 @@ def _csv_records(path: Path, encoding: str) -> tuple[list[str], Iterator[tuple[i
                     yield reader.line_num, record
 
     return header, records()
+
+
+def _csv_error(path: Path, error: csv.Error, *, record_line: int, line: int) -> InputError:
+    """The csv module's error as a line that says where and what to fix. At the end of the
+    file the reader only knows it is inside a quote: name the line its row started on."""
+    if str(error) == "unexpected end of data":
+        return InputError(
+            f"{path} line {record_line}: the row starting on this line opens a quote that is never closed; "
+            'close it, or double a quote that is part of the text ("")'
+        )
+    if str(error).startswith("',' expected after"):
+        return InputError(
+            f"{path} line {line}: a quoted cell has text after its closing quote (as in \"a\"b); "
+            'quote the whole cell and double the quotes inside it ("""a""b")'
+        )
+    return InputError(f"{path} line {line}: not valid CSV ({error})")
 
 
 def _check_header(path: Path, header: list[str]) -> None:
