@@ -12,6 +12,8 @@ import codecs
 import csv
 import datetime
 import decimal
+import hashlib
+import io
 import json
 import os
 import sys
@@ -91,6 +93,22 @@ class Catalog:
     limit: int | None = None
     schema: pa.Schema | None = None  # None for JSONL until arrow_schema() infers it
     files: list[Path] = field(default_factory=list)  # the Parquet files of a directory
+    digest: str | None = None  # see content_digest()
+
+    def content_digest(self) -> str:
+        """sha256 of the input's bytes (of a Parquet directory: of its files' names and bytes),
+        so work resumed after a crash is work on these very bytes, whatever the file's size and
+        time say. CSV and JSONL are hashed as open_catalog reads them; Parquet, whose rows are
+        not read before the work starts, when first asked."""
+        if self.digest is None:
+            if self.path.is_dir():
+                hasher = hashlib.sha256()
+                for path in self.files:
+                    hasher.update(os.fsencode(path.relative_to(self.path)) + b"\0" + _file_digest(path).encode() + b"\0")
+                self.digest = hasher.hexdigest()
+            else:
+                self.digest = _file_digest(self.path)
+        return self.digest
 
     def arrow_schema(self) -> pa.Schema:
         """The Arrow types of the input columns (for JSONL, inferred over the whole file)."""
@@ -121,23 +139,24 @@ class Catalog:
                 return
 
     def _csv_chunks(self, rows: int) -> Iterator[Chunk]:
-        header, records = _csv_records(self.path, self.encoding)
-        width = len(header)
-        start = 0
-        batch: list[list[str]] = []
-        problems: dict[int, str] = {}
-        for line, record in records:
-            if len(record) != width:
-                record, problem = _fit_ragged(record, width, line)
-                if problem:
-                    problems[len(batch)] = problem
-            batch.append(record)
-            if len(batch) == rows:
+        with _open_text(self.path, self.encoding, newline="") as handle:
+            header, records = _csv_records(self.path, self.encoding, handle)
+            width = len(header)
+            start = 0
+            batch: list[list[str]] = []
+            problems: dict[int, str] = {}
+            for line, record in records:
+                if len(record) != width:
+                    record, problem = _fit_ragged(record, width, line)
+                    if problem:
+                        problems[len(batch)] = problem
+                batch.append(record)
+                if len(batch) == rows:
+                    yield _csv_chunk(start, header, batch, problems)
+                    start += len(batch)
+                    batch, problems = [], {}
+            if batch:
                 yield _csv_chunk(start, header, batch, problems)
-                start += len(batch)
-                batch, problems = [], {}
-        if batch:
-            yield _csv_chunk(start, header, batch, problems)
 
     def _parquet_chunks(self, rows: int) -> Iterator[Chunk]:
         """Whole chunks of `rows` across file boundaries: a dataset of many small files still
@@ -165,23 +184,25 @@ class Catalog:
                 raise InputError(f"{path} is not a readable Parquet file: {first_line(error)}") from None
 
     def _jsonl_chunks(self, rows: int) -> Iterator[Chunk]:
-        start = 0
-        batch: list[dict] = []
-        for _, record in _jsonl_records(self.path, self.encoding):
-            batch.append(record)
-            if len(batch) == rows:
+        with _open_text(self.path, self.encoding) as handle:
+            start = 0
+            batch: list[dict] = []
+            for _, record in _jsonl_records(self.path, self.encoding, handle):
+                batch.append(record)
+                if len(batch) == rows:
+                    yield Chunk(start, records=batch)
+                    start += len(batch)
+                    batch = []
+            if batch:
                 yield Chunk(start, records=batch)
-                start += len(batch)
-                batch = []
-        if batch:
-            yield Chunk(start, records=batch)
 
 
 def open_catalog(path: str | os.PathLike, *, encoding: str = "utf-8", limit: int | None = None) -> Catalog:
     """Open a catalog, check that it can be read, and count its rows.
 
     CSV and JSONL files are read through once here, so that a file that does not decode or
-    parse fails before any model is loaded, and the progress bar knows the total.
+    parse fails before any model is loaded, and the progress bar knows the total; their
+    bytes are hashed on the way (to the end of the file, also with a limit).
     """
     path = Path(path)
     if not path.exists():
@@ -194,19 +215,24 @@ def open_catalog(path: str | os.PathLike, *, encoding: str = "utf-8", limit: int
         catalog = Catalog(path, fmt, schema.names, num_rows, schema=schema, files=files)
     else:
         _check_encoding(encoding)
-        if fmt == "csv":
-            header, records = _csv_records(path, encoding)
-            catalog = Catalog(path, fmt, header, 0, encoding=encoding, schema=pa.schema([(h, pa.string()) for h in header]))
-        else:
-            records = _jsonl_records(path, encoding)
-            catalog = Catalog(path, fmt, [], 0, encoding=encoding)
-        keys: dict[str, None] = {}
-        for count, (_, record) in enumerate(records, start=1):
-            if fmt == "jsonl":
-                keys.update(dict.fromkeys(record))
-            catalog.num_rows = count
-            if limit is not None and count >= limit:
-                break
+        digest = hashlib.sha256()
+        with _open_text(path, encoding, newline="" if fmt == "csv" else None, digest=digest) as handle:
+            if fmt == "csv":
+                header, records = _csv_records(path, encoding, handle)
+                catalog = Catalog(path, fmt, header, 0, encoding=encoding, schema=pa.schema([(h, pa.string()) for h in header]))
+            else:
+                records = _jsonl_records(path, encoding, handle)
+                catalog = Catalog(path, fmt, [], 0, encoding=encoding)
+            keys: dict[str, None] = {}
+            for count, (_, record) in enumerate(records, start=1):
+                if fmt == "jsonl":
+                    keys.update(dict.fromkeys(record))
+                catalog.num_rows = count
+                if limit is not None and count >= limit:
+                    break
+            while handle.buffer.read(1 << 20):  # the rest, past the limit, is hashed unparsed
+                pass
+        catalog.digest = digest.hexdigest()
         if fmt == "jsonl":
             catalog.columns = list(keys)
     catalog.limit = limit
@@ -291,11 +317,43 @@ def _check_encoding(encoding: str) -> None:
         raise SettingsError(f"--encoding {encoding!r} is not an encoding Python knows (try utf-8, latin-1, cp1252)") from None
 
 
-def _csv_records(path: Path, encoding: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header and an iterator of (line number, fields); decode errors become InputError."""
+def _open_text(path: Path, encoding: str, *, newline: str | None = None, digest=None) -> io.TextIOWrapper:
+    """A catalog file as text; every byte read from it is added to `digest` when given."""
     # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark Excel writes.
     python_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    handle = open(path, newline="", encoding=python_encoding)
+    if digest is None:
+        return open(path, encoding=python_encoding, newline=newline)
+    raw = io.BufferedReader(_Digesting(open(path, "rb"), digest), 1 << 20)
+    return io.TextIOWrapper(raw, encoding=python_encoding, newline=newline)
+
+
+class _Digesting(io.RawIOBase):
+    """A binary file that adds every byte read from it to a hash."""
+
+    def __init__(self, raw, digest):
+        self.raw, self.digest = raw, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self.raw.readinto(buffer)
+        self.digest.update(memoryview(buffer)[:count])
+        return count
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _csv_records(path: Path, encoding: str, handle) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header and an iterator of (line number, fields) of the open CSV file `handle`;
+    decode errors become InputError."""
     # strict: a quote that never closes, or text after a closing quote ("Hat"x), is an error
     # instead of a guess (the lenient reader swallows the rest of the file into one cell, or
     # drops the quotes).
@@ -307,28 +365,24 @@ def _csv_records(path: Path, encoding: str) -> tuple[list[str], Iterator[tuple[i
         try:
             record = step()
         except UnicodeDecodeError:
-            handle.close()
             raise _decode_error(path, encoding) from None
         except csv.Error as error:
-            handle.close()
             raise _csv_error(path, error, record_line=ended + 1, line=reader.line_num) from None
         ended = reader.line_num
         return record
 
     header = decoding(lambda: next(reader, None))
     if header is None:
-        handle.close()
         raise InputError(f"{path} is empty: a CSV catalog needs a header line naming its columns")
     _check_header(path, header)
 
     def records() -> Iterator[tuple[int, list[str]]]:
-        with handle:
-            while True:
-                record = decoding(lambda: next(reader, None))
-                if record is None:
-                    return
-                if record:  # the csv module yields [] for blank lines: no row there
-                    yield reader.line_num, record
+        while True:
+            record = decoding(lambda: next(reader, None))
+            if record is None:
+                return
+            if record:  # the csv module yields [] for blank lines: no row there
+                yield reader.line_num, record
 
     return header, records()
 
@@ -381,22 +435,21 @@ def _csv_chunk(start: int, header: list[str], records: list[list[str]], problems
 # --- JSONL -----------------------------------------------------------------------------
 
 
-def _jsonl_records(path: Path, encoding: str) -> Iterator[tuple[int, dict]]:
-    python_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    with open(path, encoding=python_encoding) as handle:
-        try:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InputError(f"{path} line {line_number}: not valid JSON ({error.msg})") from None
-                if not isinstance(record, dict):
-                    raise InputError(f"{path} line {line_number}: expected a JSON object per line, got {type(record).__name__}")
-                yield line_number, record
-        except UnicodeDecodeError:
-            raise _decode_error(path, encoding) from None
+def _jsonl_records(path: Path, encoding: str, handle) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each line of the open JSONL file `handle`."""
+    try:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path} line {line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path} line {line_number}: expected a JSON object per line, got {type(record).__name__}")
+            yield line_number, record
+    except UnicodeDecodeError:
+        raise _decode_error(path, encoding) from None
 
 
 def _decode_error(path: Path, encoding: str) -> InputError:

@@ -151,7 +151,7 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
     if workers.is_main:
         lock.acquire()  # before touching the work directory, which a running job may own
     try:
-        resumed = work.open(_fingerprint(job, context, cache), job.output) if workers.is_main else 0
+        resumed = work.open(_fingerprint(job, context), job.output) if workers.is_main else 0
         workers.barrier()  # nobody reads or writes parts before the work directory is ready
         # One progress bar, in the main process, counting every worker's rows. Log lines
         # (model loading) print above it instead of through it.
@@ -204,13 +204,11 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
     return summary
 
 
-def _fingerprint(job: Job, context: str, cache: AdCache | None) -> str:
+def _fingerprint(job: Job, context: str) -> str:
     """What the work directory's results depend on: work of another fingerprint is dropped."""
-    digest = cache.file_digest if cache is not None else file_digest
-    files = job.catalog.files or [job.catalog.path]
     settings = job.settings
     described = {
-        "input": [digest(f) for f in files],
+        "input": job.catalog.content_digest(),
         "context": context,
         "template": job.planner.template.text,
         "columns": [job.planner.product_column, job.planner.description_column],

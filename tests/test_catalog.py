@@ -190,3 +190,21 @@ def test_find_column():
     assert find_column(["price"], None, PRODUCT_NAMES, role="product", flag="--product-column") is None
     with pytest.raises(InputError, match="--product-column 'nope' is not a column of the input; its columns are: 'SKU'"):
         find_column(columns, "nope", PRODUCT_NAMES, role="product", flag="--product-column")
+
+
+def test_content_digest_is_of_every_byte(tmp_path):
+    import hashlib
+
+    source = write_csv(tmp_path / "in.csv", ["name"], [[f"p{i}"] for i in range(9000)])
+    whole = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert open_catalog(source).content_digest() == whole
+    assert open_catalog(source, limit=2).content_digest() == whole  # a limit reads less, hashes all
+    (tmp_path / "in.jsonl").write_text('{"name": "Mug"}\n', encoding="utf-8")
+    assert open_catalog(tmp_path / "in.jsonl").content_digest() == hashlib.sha256(b'{"name": "Mug"}\n').hexdigest()
+    data = tmp_path / "shop"
+    data.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"name": [f"p{i}"]}), data / f"part-{i}.parquet")
+    before = open_catalog(data).content_digest()
+    pq.write_table(pa.table({"name": ["p9"]}), data / "part-1.parquet")
+    assert open_catalog(data).content_digest() != before

@@ -276,3 +276,21 @@ def test_json_logs(run_cli, test_model, tmp_path):
     result = run_cli("run", tmp_path / "missing.csv", "--log-format", "json")
     assert result.exit_code == 2
     assert json.loads(result.stderr) == {"level": "error", "message": f"input {tmp_path / 'missing.csv'} does not exist", "exit_code": 2}
+
+
+def test_work_of_an_input_edited_in_place_is_not_resumed(run_ads, tmp_path):
+    # Same size, same modification time, other bytes: a (path, size, time) memo cannot tell.
+    source = catalog(tmp_path / "in.csv", rows=6)
+    out = tmp_path / "out.csv"
+    assert run_ads(source, "-o", out, "--keep-work").exit_code == 0
+    stat = source.stat()
+    edited = source.read_bytes().replace(b"Harem pants 0", b"Denim pants 0")
+    assert len(edited) == stat.st_size and edited != source.read_bytes()
+    source.write_bytes(edited)
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = run_ads(source, "-o", out, "--keep-work", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    r = report(tmp_path / "r.json")
+    assert (r["rows_resumed"], r["rows_from_cache"], r["rows_generated"]) == (0, 5, 1)
+    assert run_ads(source, "-o", tmp_path / "fresh.csv", "--no-cache").exit_code == 0
+    assert out.read_bytes() == (tmp_path / "fresh.csv").read_bytes()
