@@ -12,9 +12,11 @@ import codecs
 import csv
 import datetime
 import decimal
+import glob
 import hashlib
 import io
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ import pyarrow.parquet as pq
 
 from adpulse_batch.errors import InputError, SettingsError, first_line
 from adpulse_batch.settings import NO_COLUMN
+
+log = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
 
@@ -531,7 +535,7 @@ class CatalogWriter:
         self.catalog = catalog
         self.new_columns = new_columns
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.temp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.temp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # see remove_temporary_outputs
         self._file = None  # CSV and JSONL: the open text file
         self._csv = None
         self._parquet = None
@@ -548,12 +552,16 @@ class CatalogWriter:
                 self._write_csv(table)
 
     def commit(self) -> None:
-        """Finish the file and move it into place."""
-        if self._file is None and self._parquet is None:
-            # No rows at all: still a valid file, with every column where the format has a header.
-            self.write(Chunk(0, table=self.catalog.arrow_schema().empty_table()), {c: [] for c in self.new_columns})
-        self._close()
-        os.replace(self.temp_path, self.path)
+        """Finish the file and move it into place; if that fails, drop it."""
+        try:
+            if self._file is None and self._parquet is None:
+                # No rows at all: still a valid file, with every column where the format has a header.
+                self.write(Chunk(0, table=self.catalog.arrow_schema().empty_table()), {c: [] for c in self.new_columns})
+            self._close()
+            os.replace(self.temp_path, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop the partial file (after an error or an interrupt)."""
@@ -601,6 +609,15 @@ class CatalogWriter:
         for offset, record in enumerate(records):
             row = {**record, **{name: values[offset] for name, values in new_values.items()}}
             self._file.write(json.dumps(row, ensure_ascii=False, default=_json_value) + "\n")
+
+
+def remove_temporary_outputs(output: Path) -> None:
+    """Remove the temporary files that writers of `output` killed outright (SIGKILL, a power
+    cut) left beside it. Only the holder of the output's lock may: they are no one's now."""
+    output = Path(output)
+    for stale in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+        log.info("removing %s, left by an interrupted run", stale)
+        stale.unlink(missing_ok=True)
 
 
 # A cell starting with one of these is a formula to a spreadsheet (CSV injection).

@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import click
 
 from adpulse_batch import __version__
-from adpulse_batch.errors import AdPulseError
+from adpulse_batch.errors import AdPulseError, Terminated
 from adpulse_batch.settings import DEFAULT_ADAPTER, DEFAULT_BASE_MODEL, DEVICES, DTYPES, QUANTIZE
 
 log = logging.getLogger("adpulse_batch")
@@ -26,6 +27,7 @@ class AdPulseGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         args = list(sys.argv[1:] if args is None else args)
         extra["obj"] = {"args": args}  # `run --num-processes` relaunches the same command line
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as error:
@@ -35,7 +37,24 @@ class AdPulseGroup(click.Group):
             _fail(str(error), error.exit_code)
         except click.exceptions.Abort:
             _fail("interrupted; no output was written", 130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)  # a test or notebook gets its own back
         sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx):
+        # Here rather than through Click, which answers Ctrl-C with a blank line (not JSON).
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as stop:
+            _fail(f"interrupted{' (SIGTERM)' if isinstance(stop, Terminated) else ''}; no output was written",
+                  getattr(stop, "exit_code", 130))  # fmt: skip
+
+
+def _terminate(signum, frame):
+    """SIGTERM stops a command as Ctrl-C does. A second one while it cleans up is ignored
+    (SIGKILL still ends it at once)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
 
 
 _log_format = "text"  # set by --log-format: errors follow it too
@@ -396,8 +415,9 @@ def finetune(data, output, product_column, description_column, ad_column, encodi
 
     try:
         summary = train(settings, progress=not quiet and sys.stderr.isatty())
-    except KeyboardInterrupt:
-        _fail(f"interrupted; pass --resume to continue from the newest checkpoint in {output}, if one was written", 130)
+    except KeyboardInterrupt as stop:
+        _fail(f"interrupted; pass --resume to continue from the newest checkpoint in {output}, if one was written",
+              getattr(stop, "exit_code", 130))  # fmt: skip
     if not quiet:
         click.echo(summary.line(), err=True)
 

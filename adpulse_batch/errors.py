@@ -38,3 +38,11 @@ class LockedError(AdPulseError):
     """Another run holds the output's lock."""
 
     exit_code = 3
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what systemd, Airflow and `timeout` send to stop a job), raised wherever the
+    process is, as Ctrl-C raises KeyboardInterrupt, so that the same clean-up runs: the
+    temporary output removed, the work directory kept for the next run to resume."""
+
+    exit_code = 143  # 128 + 15: what a shell reports for a process that SIGTERM ended

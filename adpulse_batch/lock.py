@@ -10,6 +10,7 @@ import socket
 import time
 from pathlib import Path
 
+from adpulse_batch.catalog import remove_temporary_outputs
 from adpulse_batch.errors import InputError, LockedError
 
 
@@ -17,7 +18,8 @@ class OutputLock:
     """An advisory lock on a file beside the output, held while the run lasts.
 
     The operating system drops the lock when its process dies, so a crashed run never
-    leaves a stale lock behind; the file's text only names the holder for the message.
+    leaves a stale lock behind; the file's text only names the holder for the message. The
+    holder also owns the output's temporary files: those of killed runs go when it locks.
     """
 
     def __init__(self, output: Path):
@@ -47,6 +49,7 @@ class OutputLock:
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
         handle.flush()
         self._handle = handle
+        remove_temporary_outputs(self.output)
 
     def release(self) -> None:
         if self._handle is not None:

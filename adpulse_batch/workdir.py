@@ -153,7 +153,7 @@ class WorkDir:
         """Leave word of why this worker stopped: the launcher only sees an exit code."""
         user_error = isinstance(error, AdPulseError)
         message = str(error) if user_error else f"{type(error).__name__}: {error}"
-        exit_code = error.exit_code if user_error else 130 if isinstance(error, KeyboardInterrupt) else 1
+        exit_code = error.exit_code if user_error else getattr(error, "exit_code", 130) if isinstance(error, KeyboardInterrupt) else 1
         _write_json(self.path / f"failed-w{rank:04d}.json", {"rank": rank, "error": message, "exit_code": exit_code})
 
     # --- after the workers (main process) ---

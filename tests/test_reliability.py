@@ -3,10 +3,6 @@ CSV formula safety, job files, JSON logs."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import tomllib
 
 import pytest
@@ -175,34 +171,6 @@ def test_output_directory_is_made_and_an_unusable_cache_is_skipped(run_ads, test
                            generation=GenerationSettings(max_new_tokens=4), cache=folder)  # fmt: skip
     assert run_catalog(settings).rows_generated == 3
     assert folder.is_dir() and not list(tmp_path.glob("folder.corrupt-*"))
-
-
-def test_a_killed_run_resumes_where_it_stopped(test_model, tmp_path):
-    _, adapter = test_model
-    # Long enough that the kill lands well before the end even on a busy machine.
-    source = catalog(tmp_path / "in.csv", rows=300)
-    args = [sys.executable, "-m", "adpulse_batch", "run", str(source), "--adapter", str(adapter),
-            "--max-new-tokens", "32", "--batch-size", "8", "--no-cache", "--quiet"]  # fmt: skip
-    env = {**os.environ, "ADPULSE_COMMIT_SECONDS": "0.5"}
-    subprocess.run([*args, "-o", str(tmp_path / "whole.csv")], check=True, env=env)
-
-    out = tmp_path / "out.csv"
-    work = tmp_path / ".out.csv.adpulse-work"
-    process = subprocess.Popen([*args, "-o", str(out)], env=env)
-    deadline = time.monotonic() + 120
-    while not list(work.glob("part-*.parquet")):  # some batches committed
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before committing anything"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not out.exists()
-
-    done = subprocess.run([*args, "-o", str(out), "--report", str(tmp_path / "r.json")], env=env)
-    assert done.returncode == 0
-    r = report(tmp_path / "r.json")
-    assert r["rows_resumed"] > 0 and r["rows_generated"] > 0
-    assert r["rows_resumed"] + r["rows_generated"] + r["rows_skipped"] == 300
-    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
 def test_a_second_run_on_the_same_output_exits_3(run_ads, tmp_path):
