@@ -9,6 +9,7 @@ keep their Arrow types, JSONL objects keep their keys and values.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime
 import decimal
@@ -27,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from adpulse_batch.errors import InputError, SettingsError, first_line
+from adpulse_batch.errors import InputError, SettingsError, first_line, writing
 from adpulse_batch.settings import NO_COLUMN
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,9 @@ FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
 # Rows per chunk: the unit of reading, of prompt planning (sorting by length, dedupe,
 # sharing out rows) and of writing. Bounded, so memory does not grow with the catalog.
 CHUNK_ROWS = 4096
+
+# What to check when the output (or the lock file beside it) cannot be written.
+OUTPUT_FIX = "check that its directory is writable and has free space, or name another output with -o/--output"
 
 # A product description can be long; the csv module's default field limit (128 KiB) is not
 # a reason to fail a nightly run.
@@ -534,7 +538,8 @@ class CatalogWriter:
         self.format = catalog_format(self.path, role="output")
         self.catalog = catalog
         self.new_columns = new_columns
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with writing(self.path, OUTPUT_FIX):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.temp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # see remove_temporary_outputs
         self._file = None  # CSV and JSONL: the open text file
         self._csv = None
@@ -543,9 +548,11 @@ class CatalogWriter:
     def write(self, chunk: Chunk, new_values: dict[str, list[str]]) -> None:
         """Write one chunk with the new columns' values (in the chunk's row order)."""
         if self.format == "jsonl":
-            self._write_jsonl(chunk.to_records(), new_values)
-        else:
-            table = _with_columns(chunk.to_table(self.catalog.arrow_schema()), new_values)
+            with writing(self.path, OUTPUT_FIX):
+                self._write_jsonl(chunk.to_records(), new_values)
+            return
+        table = _with_columns(chunk.to_table(self.catalog.arrow_schema()), new_values)
+        with writing(self.path, OUTPUT_FIX):
             if self.format == "parquet":
                 self._write_parquet(table)
             else:
@@ -557,8 +564,9 @@ class CatalogWriter:
             if self._file is None and self._parquet is None:
                 # No rows at all: still a valid file, with every column where the format has a header.
                 self.write(Chunk(0, table=self.catalog.arrow_schema().empty_table()), {c: [] for c in self.new_columns})
-            self._close()
-            os.replace(self.temp_path, self.path)
+            with writing(self.path, OUTPUT_FIX):
+                self._close()
+                os.replace(self.temp_path, self.path)
         except BaseException:
             self.abort()
             raise
@@ -566,7 +574,8 @@ class CatalogWriter:
     def abort(self) -> None:
         """Drop the partial file (after an error or an interrupt)."""
         try:
-            self._close()
+            with contextlib.suppress(OSError):  # on a full disk the last flush fails too: the file goes anyway
+                self._close()
         finally:
             self.temp_path.unlink(missing_ok=True)
 
@@ -609,6 +618,21 @@ class CatalogWriter:
         for offset, record in enumerate(records):
             row = {**record, **{name: values[offset] for name, values in new_values.items()}}
             self._file.write(json.dumps(row, ensure_ascii=False, default=_json_value) + "\n")
+
+
+def check_writable_path(path: Path | None, *, flag: str) -> None:
+    """Fail before any work when a file the run writes (`flag`'s) could not go where it is
+    asked to: a directory in its place, a file where its directory should be, a directory
+    this user may not write in."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise SettingsError(f"{flag} {path} is a directory; name a file")
+    folder = next(p for p in path.parents if p.exists())  # its directory, or the one it will be made in
+    if not folder.is_dir():
+        raise SettingsError(f"{flag} {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SettingsError(f"{flag} {path}: {folder} is not writable")
 
 
 def remove_temporary_outputs(output: Path) -> None:

@@ -1,5 +1,7 @@
 """The errors the library raises; the command line turns them into one line and an exit code."""
 
+import contextlib
+
 
 def first_line(error: Exception, limit: int = 200) -> str:
     """The first line of an error from a library, to quote inside our own one-line message."""
@@ -26,6 +28,21 @@ class ModelNotFoundError(AdPulseError):
 
 class SettingsError(AdPulseError):
     """An option has a value that cannot work, alone or with another option."""
+
+
+class WriteError(AdPulseError):
+    """A file the run writes cannot be written: a read-only directory, a full disk, a
+    directory where the file should be."""
+
+
+@contextlib.contextmanager
+def writing(path, fix: str):
+    """Turn an operating-system error met while writing `path` into one line naming the file
+    and saying `fix` (what to check, and which flag moves the file)."""
+    try:
+        yield
+    except OSError as error:
+        raise WriteError(f"cannot write {path} ({error.strerror or first_line(error)}); {fix}") from None
 
 
 class WorkerError(AdPulseError):

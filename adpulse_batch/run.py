@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,12 +25,13 @@ from adpulse_batch.catalog import (
     CatalogWriter,
     catalog_format,
     check_writable,
+    check_writable_path,
     default_output_path,
     find_prompt_columns,
     open_catalog,
 )
 from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_context
-from adpulse_batch.errors import InputError, SettingsError
+from adpulse_batch.errors import InputError, SettingsError, writing
 from adpulse_batch.lock import OutputLock
 from adpulse_batch.model import check_model, load_template, load_tokenizer, model_identity, resolve_device, resolve_dtype
 from adpulse_batch.plan import Planner, PromptEncoder, template_fits_untokenized
@@ -108,6 +110,8 @@ def prepare(settings: RunSettings) -> Job:
     output_format = catalog_format(output, role="output")
     if output.resolve() == settings.input.resolve():
         raise SettingsError(f"output {output} is the input file; name another with -o/--output")
+    for path, flag in ((output, "-o/--output"), (settings.report, "--report")):
+        check_writable_path(path, flag=flag)  # now, not after the work
     catalog = open_catalog(settings.input, encoding=settings.encoding, limit=settings.limit)
     product, description = find_prompt_columns(catalog.columns, settings.product_column, settings.description_column)
     check_writable(catalog, output_format)
@@ -199,9 +203,21 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
         **counts,
     )
     if settings.report is not None:
-        settings.report.parent.mkdir(parents=True, exist_ok=True)
-        settings.report.write_text(json.dumps(summary.report(), indent=2) + "\n", encoding="utf-8")
+        _write_report(settings.report, summary.report())
     return summary
+
+
+def _write_report(path: Path, report: dict) -> None:
+    """Written beside and renamed into place, as the output is: no reader sees half of it."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with writing(path, "check that its directory is writable and has free space, or name another report with --report"):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            os.replace(temp, path)
+        except OSError:
+            temp.unlink(missing_ok=True)
+            raise
 
 
 def _fingerprint(job: Job, context: str) -> str:

@@ -10,6 +10,7 @@ so a run of the same job resumes it and any other run starts it over.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -25,13 +26,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from adpulse_batch.catalog import Catalog, CatalogWriter, csv_safe
-from adpulse_batch.errors import AdPulseError, InputError, WorkerError
+from adpulse_batch.errors import AdPulseError, InputError, WorkerError, WriteError, writing
 from adpulse_batch.plan import TRUNCATED
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 RESUMED = "resumed.json"  # the parts found at the start: the same list for every worker
+
+# What to check when the work directory cannot be written.
+WORK_FIX = "check that its file system is writable and has free space, or name another work directory with --work-dir"
 
 # Where a row's ads came from this run.
 MODEL, CACHE, SKIP = "model", "cache", "skipped"
@@ -102,13 +106,15 @@ class WorkDir:
         found = self.check(output)
         if found is not None and found.get("fingerprint") != fingerprint:
             log.info("%s holds work of another input, model or setting; starting over", self.path)
-            shutil.rmtree(self.path)
+            with writing(self.path, WORK_FIX):
+                shutil.rmtree(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise InputError(f"cannot create the work directory {self.path} ({error.strerror}); name another with --work-dir") from None
         for stale in [*self.path.glob("*.tmp"), *self.path.glob("done-w*.json"), *self.path.glob("failed-w*.json")]:
-            stale.unlink()
+            with writing(stale, WORK_FIX):
+                stale.unlink()
         _write_json(manifest, {"fingerprint": fingerprint, "output": str(Path(output).resolve())})
         parts = [p.name for p in self.parts()]
         _write_json(self.path / RESUMED, {"parts": parts})
@@ -135,10 +141,15 @@ class WorkDir:
         table = pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema)
         path = self.path / f"part-{chunk_start:012d}-w{rank:04d}-n{len(results.rows)}-{uuid.uuid4().hex[:8]}.parquet"
         temp = path.with_suffix(".tmp")
-        pq.write_table(table, temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        with writing(path, WORK_FIX):
+            try:
+                pq.write_table(table, temp)
+                with open(temp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(temp, path)
+            except OSError:
+                temp.unlink(missing_ok=True)
+                raise
         return path
 
     def committed_rows(self, *, other_than: int) -> int:
@@ -154,7 +165,8 @@ class WorkDir:
         user_error = isinstance(error, AdPulseError)
         message = str(error) if user_error else f"{type(error).__name__}: {error}"
         exit_code = error.exit_code if user_error else getattr(error, "exit_code", 130) if isinstance(error, KeyboardInterrupt) else 1
-        _write_json(self.path / f"failed-w{rank:04d}.json", {"rank": rank, "error": message, "exit_code": exit_code})
+        with contextlib.suppress(WriteError):  # on a full disk, the error at hand matters more than its record
+            _write_json(self.path / f"failed-w{rank:04d}.json", {"rank": rank, "error": message, "exit_code": exit_code})
 
     # --- after the workers (main process) ---
 
@@ -235,8 +247,9 @@ def assemble(catalog: Catalog, work: WorkDir, writer: CatalogWriter, ad_columns:
 
 def _write_json(path: Path, data: dict) -> None:
     temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(data))
-    os.replace(temp, path)
+    with writing(path, WORK_FIX):
+        temp.write_text(json.dumps(data))
+        os.replace(temp, path)
 
 
 # part-<chunk start>-w<worker>-n<rows>-<random>.parquet

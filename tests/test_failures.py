@@ -1,14 +1,22 @@
 """Inputs and places a run cannot use: each is one line on stderr, exit code 2, and nothing
 written (no output, no temporary file, no work directory)."""
 
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+
 import pytest
 
 from conftest import write_csv
 
 
 def only(directory, *names):
-    """Assert that `directory` holds just `names` (nothing half-written beside them)."""
-    assert sorted(p.name for p in directory.iterdir()) == sorted(names)
+    """Assert that `directory` holds just `names` (nothing half-written beside them), besides
+    the test's ad cache directory."""
+    assert sorted(p.name for p in directory.iterdir() if p.name != "xdg-cache") == sorted(names)
 
 
 def fails(result, message):
@@ -39,3 +47,55 @@ def test_text_after_a_closing_quote_is_refused(run_ads, tmp_path):
     source.write_text('name,description\nMug,6" tall\n', encoding="utf-8")
     assert run_ads(source, "-o", tmp_path / "out.csv").exit_code == 0
     assert (tmp_path / "out.csv").read_text(encoding="utf-8").splitlines()[1].startswith('Mug,"6"" tall",')
+
+
+def test_outputs_that_cannot_go_where_asked_are_refused_before_any_work(run_ads, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["name", "description"], [["Mug", "Blue"]])
+    (tmp_path / "taken.csv").mkdir()
+    fails(run_ads(source, "-o", tmp_path / "taken.csv"), f"-o/--output {tmp_path / 'taken.csv'} is a directory; name a file")
+    fails(run_ads(source, "-o", tmp_path / "out.csv", "--report", tmp_path / "taken.csv"),
+          f"--report {tmp_path / 'taken.csv'} is a directory; name a file")  # fmt: skip
+    fails(run_ads(source, "-o", tmp_path / "in.csv" / "out.csv"), f"-o/--output {tmp_path / 'in.csv' / 'out.csv'}: {source} is not a directory")
+    only(tmp_path, "in.csv", "taken.csv")
+    # The lock file is the first file a run writes beside the output: here a directory is in its way.
+    (tmp_path / ".out.csv.lock").mkdir()
+    fails(run_ads(source, "-o", tmp_path / "out.csv"),
+          f"cannot write {tmp_path / '.out.csv.lock'} (Is a directory); "
+          "check that its directory is writable and has free space, or name another output with -o/--output")  # fmt: skip
+    only(tmp_path, "in.csv", "taken.csv", ".out.csv.lock")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in a read-only directory")
+def test_a_read_only_directory_is_refused_before_any_work(run_ads, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["name", "description"], [["Mug", "Blue"]])
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    fails(run_ads(source, "-o", locked / "out.csv"), f"-o/--output {locked / 'out.csv'}: {locked} is not writable")
+    fails(run_ads(source, "-o", tmp_path / "out.csv", "--report", locked / "sub" / "r.json"),
+          f"--report {locked / 'sub' / 'r.json'}: {locked} is not writable")  # fmt: skip
+    only(tmp_path, "in.csv", "locked")
+    assert not list(locked.iterdir())
+
+
+def test_a_full_disk_while_writing_the_output_is_one_line_and_resumable(run_ads, test_model, tmp_path):
+    # A file-size limit makes writes past 64 KiB fail as a full disk does (EFBIG for ENOSPC).
+    rows = [[f"{i:06d}", f"Product {i}", f"Description {i}", "n" * 500] for i in range(300)]
+    source = write_csv(tmp_path / "in.csv", ["sku", "name", "description", "notes"], rows)
+    out = tmp_path / "out.csv"
+
+    def small_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing the process
+
+    args = ["run", source, "-o", out, "--adapter", test_model[1], "--max-new-tokens", 12, "--quiet"]  # as run_ads runs
+    full = subprocess.run([sys.executable, "-m", "adpulse_batch", *map(str, args)], preexec_fn=small_disk, capture_output=True, text=True)
+    *warnings, line = full.stderr.splitlines()
+    assert full.returncode == 2 and line == (
+        f"Error: cannot write {out} (File too large); "
+        "check that its directory is writable and has free space, or name another output with -o/--output"
+    )
+    assert all(w.startswith("adpulse-batch: the ad cache ") and w.endswith("; going on without it") for w in warnings)
+    assert not out.exists() and not list(tmp_path.glob(".out.csv.*.tmp"))
+    result = run_ads(source, "-o", out, "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["rows_resumed"] == 300  # the parts it had committed
