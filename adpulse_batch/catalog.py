@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -121,7 +122,7 @@ class Catalog:
     def arrow_schema(self) -> pa.Schema:
         """The Arrow types of the input columns (for JSONL, inferred over the whole file)."""
         if self.schema is None:
-            schemas = [_records_table(chunk.records, None).schema for chunk in self.chunks()]
+            schemas = [_records_schema(self.path, chunk.records) for chunk in self.chunks()]
             try:
                 self.schema = pa.unify_schemas(
                     [pa.schema([(c, pa.null()) for c in self.columns]), *schemas], promote_options="permissive"
@@ -617,7 +618,7 @@ class CatalogWriter:
             self._file = open(self.temp_path, "w", encoding="utf-8")
         for offset, record in enumerate(records):
             row = {**record, **{name: values[offset] for name, values in new_values.items()}}
-            self._file.write(json.dumps(row, ensure_ascii=False, default=_json_value) + "\n")
+            self._file.write(_json_text(row) + "\n")
 
 
 def check_writable_path(path: Path | None, *, flag: str) -> None:
@@ -671,10 +672,12 @@ def check_writable(catalog: Catalog, output_format: str) -> None:
 
 
 def _csv_cells(column: pa.ChunkedArray) -> list[str]:
-    """A column as CSV text: strings as they are, lists and structs as JSON, other types
-    as Arrow writes them, nulls empty."""
+    """A column as CSV text: strings as they are, lists and structs as JSON, bytes as
+    `_bytes_text` has them, other types as Arrow writes them, nulls empty."""
     if pa.types.is_nested(column.type):
-        return ["" if v is None else json.dumps(v, ensure_ascii=False, default=_json_value) for v in column.to_pylist()]
+        return ["" if v is None else _json_text(v) for v in column.to_pylist()]
+    if _is_bytes(column.type):
+        return ["" if v is None else _bytes_text(v) for v in column.to_pylist()]
     if not pa.types.is_string(column.type):
         column = pc.cast(column, pa.string())
     return ["" if value is None else value for value in column.to_pylist()]
@@ -686,16 +689,61 @@ def _with_columns(table: pa.Table, new_values: dict[str, list[str]]) -> pa.Table
     return table
 
 
-def _records_table(records: list[dict], schema: pa.Schema | None) -> pa.Table:
-    """JSONL objects as a table; a key missing from an object is a null."""
-    names = schema.names if schema is not None else list(dict.fromkeys(k for r in records for k in r))
+def _records_schema(path: Path, records: list[dict]) -> pa.Schema:
+    """The Arrow types of JSONL objects, key by key (a key missing from an object is a null).
+    A key whose integers do not fit 64 bits (20-digit ids) is a decimal(38, 0) column, which
+    keeps them exact to 38 digits, in Parquet and in CSV."""
+    fields = []
+    for name in dict.fromkeys(k for r in records for k in r):
+        values = [r.get(name) for r in records]
+        try:
+            fields.append(pa.field(name, pa.array(values).type))
+        except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            if not all(v is None or (type(v) is int and abs(v) < 10**38) for v in values):
+                raise InputError(
+                    f"{path}: the key {name!r} holds values Arrow cannot type ({first_line(error)}); "
+                    "write a .jsonl output to keep them as they are"
+                ) from None
+            fields.append(pa.field(name, pa.decimal128(38, 0)))
+    return pa.schema(fields)
+
+
+def _records_table(records: list[dict], schema: pa.Schema) -> pa.Table:
+    """JSONL objects as a table of `schema` (see _records_schema)."""
     try:
-        return pa.Table.from_pydict({name: [r.get(name) for r in records] for name in names}, schema=schema)
+        return pa.Table.from_pydict({name: [r.get(name) for r in records] for name in schema.names}, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise InputError(
             f"a JSONL key holds values Arrow cannot type ({first_line(error)}); "
             "write a .jsonl output to keep them as they are"
         ) from None
+
+
+def _json_text(value) -> str:
+    """Strict JSON: NaN and infinities, which JSON has no words for, are written as null."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=_json_value, allow_nan=False)
+    except ValueError:  # the rare value that holds one: cleaned only then
+        return json.dumps(_finite(value), ensure_ascii=False, default=_json_value, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _is_bytes(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type) or pa.types.is_fixed_size_binary(arrow_type)
+
+
+def _bytes_text(value: bytes) -> str:
+    """Bytes as text: UTF-8 as it reads, any other byte as a `\\xNN` escape (CSV and JSON alike)."""
+    return value.decode("utf-8", errors="backslashreplace")
 
 
 def _json_value(value):
@@ -705,7 +753,7 @@ def _json_value(value):
     if isinstance(value, decimal.Decimal):
         return str(value)
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
+        return _bytes_text(value)
     if isinstance(value, datetime.timedelta):
         return value.total_seconds()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
