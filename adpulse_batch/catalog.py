@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from adpulse_batch.errors import InputError, SettingsError, first_line, writing
-from adpulse_batch.settings import NO_COLUMN
+from adpulse_batch.settings import NO_COLUMN, check_utf8_name
 
 log = logging.getLogger(__name__)
 
@@ -491,6 +491,8 @@ def _parquet_files(path: Path) -> list[Path]:
     )
     if not files:
         raise InputError(f"input directory {path} holds no .parquet files")
+    for f in files:
+        check_utf8_name(f, "input")
     return files
 
 

@@ -17,6 +17,16 @@ QUANTIZE = ("8bit", "4bit")
 NO_COLUMN = "none"
 
 
+def check_utf8_name(name, flag: str) -> None:
+    """File names go to Arrow, SQLite and JSON, which take UTF-8 only: refuse another name
+    (a byte of a legacy encoding) now, naming it, rather than fail on it mid-run."""
+    try:
+        str(name).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise SettingsError(f"{flag} {shown}: the name is not UTF-8; rename it, or link to it from a UTF-8 name") from None
+
+
 def _at_least(value, minimum, flag: str) -> None:
     if value is not None and value < minimum:
         raise SettingsError(f"{flag} must be at least {minimum}, not {value}")
@@ -40,6 +50,8 @@ class ModelSettings:
             raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        for name, flag in ((self.model, "--model"), (self.adapter, "--adapter")):
+            check_utf8_name(name, flag)
         if self.adapter is None and self.model is None:
             raise SettingsError("--adapter none needs --model: without an adapter there is no base model to fall back on")
 
@@ -128,9 +140,11 @@ class RunSettings:
     """In CSV output, an ad starting like a spreadsheet formula gets a leading quote."""
 
     def __post_init__(self):
-        for name in ("input", "output", "template", "report", "work_dir", "cache"):
+        flags = {"input": "input", "output": "-o/--output", "template": "--template", "report": "--report", "work_dir": "--work-dir", "cache": "--cache"}
+        for name, flag in flags.items():
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
+                check_utf8_name(getattr(self, name), flag)
         _at_least(self.batch_size, 1, "--batch-size")
         _at_least(self.max_prompt_tokens, 16, "--max-prompt-tokens")
         _at_least(self.limit, 0, "--limit")
@@ -262,6 +276,8 @@ class FinetuneSettings:
     def __post_init__(self):
         object.__setattr__(self, "data", str(self.data))
         object.__setattr__(self, "output", Path(self.output))
+        for name, flag in ((self.data, "DATA"), (self.output, "-o/--output"), (self.template, "--template")):
+            check_utf8_name(name, flag)
         if self.model.adapter is not None:
             raise SettingsError("finetune trains a new adapter on a base model; it does not take --adapter")
         _at_least(self.max_prompt_tokens, 16, "--max-prompt-tokens")

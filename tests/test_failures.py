@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import write_csv
@@ -99,3 +101,21 @@ def test_a_full_disk_while_writing_the_output_is_one_line_and_resumable(run_ads,
     result = run_ads(source, "-o", out, "--report", tmp_path / "r.json")
     assert result.exit_code == 0, result.stderr
     assert json.loads((tmp_path / "r.json").read_text())["rows_resumed"] == 300  # the parts it had committed
+
+
+def test_file_names_that_are_not_utf8_are_named_and_refused(run_ads, run_cli, tmp_path):
+    latin1 = os.fsdecode(b"caf\xe9")  # a byte of a legacy encoding, as Python holds it
+    source = write_csv(tmp_path / f"{latin1}.csv", ["name", "description"], [["Mug", "Blue"]])
+    advice = "the name is not UTF-8; rename it, or link to it from a UTF-8 name"
+    fails(run_ads(source), f"input {tmp_path}/caf\\xe9.csv: {advice}")
+    plain = write_csv(tmp_path / "in.csv", ["name", "description"], [["Mug", "Blue"]])
+    fails(run_ads(plain, "-o", tmp_path / f"{latin1}.parquet"), f"-o/--output {tmp_path}/caf\\xe9.parquet: {advice}")
+    result = run_cli("run", plain, "--report", tmp_path / f"{latin1}.json", "--log-format", "json")
+    assert result.exit_code == 2
+    assert json.loads(result.stderr)["message"] == f"--report {tmp_path}/caf\\xe9.json: {advice}"
+    data = tmp_path / "shop"
+    data.mkdir()
+    with open(data / f"{latin1}.parquet", "wb") as handle:  # Arrow itself takes no such name
+        pq.write_table(pa.table({"name": ["Mug"]}), handle)
+    fails(run_ads(data, "-o", tmp_path / "out.csv", "--description-column", "none"), f"input {data}/caf\\xe9.parquet: {advice}")
+    only(tmp_path, f"{latin1}.csv", "in.csv", "shop")
