@@ -171,12 +171,15 @@ def load_job(ctx: click.Context, param: click.Parameter, value: Path | None) -> 
         options = tomllib.loads(value.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise click.BadParameter(f"{value} is not a readable TOML file ({error})", param_hint="'--job'") from None
-    names = {p.name for p in ctx.command.params if p.name != "job" and p.expose_value}
+    params = {p.name: p for p in ctx.command.params if p.name != "job" and p.expose_value}
     defaults = {}
     for key, setting in options.items():
         name = key.replace("-", "_")
-        if name not in names:
+        if name not in params:
             raise click.BadParameter(f"{value}: {key!r} is not a run option (see adpulse-batch run --help)", param_hint="'--job'")
+        expected = _job_value_type(params[name], setting)
+        if expected is not None:
+            raise click.BadParameter(f"{value}: {key!r} must be {expected}, not {_toml_text(setting)}", param_hint="'--job'")
         if name in JOB_PATHS or (name in ("model", "adapter") and (value.parent / str(setting)).exists()):
             setting = os.path.abspath(value.parent / str(setting))
         defaults[name] = setting
@@ -184,6 +187,31 @@ def load_job(ctx: click.Context, param: click.Parameter, value: Path | None) -> 
 
 
 JOB_PATHS = {"input", "output", "template", "report", "work_dir", "cache"}
+
+
+def _job_value_type(param: click.Parameter, setting) -> str | None:
+    """The type a job file's value should have had, or None when it has it. TOML values are
+    typed: `limit = 3.7` or `limit = true` is a mistake to point at, not 3 or 1 rows."""
+    if getattr(param, "is_flag", False):
+        expected, fits = "true or false", isinstance(setting, bool)
+    elif isinstance(param.type, click.types.IntParamType):
+        expected, fits = "an integer", isinstance(setting, int) and not isinstance(setting, bool)
+    elif isinstance(param.type, click.types.FloatParamType):
+        expected, fits = "a number", isinstance(setting, (int, float)) and not isinstance(setting, bool)
+    else:  # text: names, paths, choices; a whole number too (num-processes = 4)
+        expected, fits = "a string", isinstance(setting, (str, int)) and not isinstance(setting, bool)
+    return None if fits else expected
+
+
+def _toml_text(setting) -> str:
+    """A TOML value as the job file spells it."""
+    if isinstance(setting, bool):
+        return str(setting).lower()
+    if isinstance(setting, str):
+        return json.dumps(setting, ensure_ascii=False)
+    if isinstance(setting, (list, dict)):
+        return "an array" if isinstance(setting, list) else "a table"
+    return setting.isoformat() if hasattr(setting, "isoformat") else str(setting)
 
 
 @cli.command()

@@ -226,6 +226,25 @@ def test_job_file(run_cli, test_model, tmp_path, monkeypatch):
     assert "'batchsize' is not a run option" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("limit = 2020-01-01", "'limit' must be an integer, not 2020-01-01"),
+        ("limit = 3.7", "'limit' must be an integer, not 3.7"),  # not 3 rows
+        ("limit = true", "'limit' must be an integer, not true"),  # not 1 row
+        ('quiet = "yes"', "'quiet' must be true or false, not \"yes\""),
+        ('temperature = "hot"', "'temperature' must be a number, not \"hot\""),
+        ('output = ["a.csv"]', "'output' must be a string, not an array"),
+    ],
+)
+def test_job_file_values_of_the_wrong_type(run_cli, tmp_path, line, message):
+    job = tmp_path / "job.toml"
+    job.write_text(f'input = "in.csv"\n{line}\n')
+    result = run_cli("run", "--job", job)
+    # CliRunner names the program `cli`.
+    assert (result.exit_code, result.stderr) == (2, f"Error: Invalid value for '--job': {job}: {message} (see 'cli run --help')\n")
+
+
 def test_example_job_files_are_valid():
     options = tomllib.loads((REPO / "jobs" / "nightly.toml").read_text())
     run_options = {p.name for p in cli.commands["run"].params}
