@@ -281,3 +281,24 @@ def test_work_of_an_input_edited_in_place_is_not_resumed(run_ads, tmp_path):
     assert (r["rows_resumed"], r["rows_from_cache"], r["rows_generated"]) == (0, 5, 1)
     assert run_ads(source, "-o", tmp_path / "fresh.csv", "--no-cache").exit_code == 0
     assert out.read_bytes() == (tmp_path / "fresh.csv").read_bytes()
+
+
+def test_a_cache_entry_that_does_not_parse_is_a_miss(run_ads, tmp_path):
+    import sqlite3
+
+    source = catalog(tmp_path / "in.csv", rows=8)
+    cache = tmp_path / "ads.sqlite"
+    assert run_ads(source, "-o", tmp_path / "a.csv", "--cache", cache).exit_code == 0
+    damaged = ['{"ads": ["x"]}', "[1, 2]", "not json", '{"ads": "text", "truncated": false}', '{"ads": [7], "truncated": false}']
+    with sqlite3.connect(cache) as db:
+        keys = [key for (key,) in db.execute("SELECT key FROM ads ORDER BY key LIMIT ?", (len(damaged),))]
+        db.executemany("UPDATE ads SET ads = ? WHERE key = ?", list(zip(damaged, keys)))
+    db.close()
+    result = run_ads(source, "-o", tmp_path / "b.csv", "--cache", cache, "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == f"adpulse-batch: the ad cache {cache} has 5 entries that do not parse; their ads are generated again\n"
+    assert (report(tmp_path / "r.json")["rows_generated"], report(tmp_path / "r.json")["rows_from_cache"]) == (5, 3)
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    # The ads generated again replaced the damaged entries.
+    assert run_ads(source, "-o", tmp_path / "c.csv", "--cache", cache, "--report", tmp_path / "r.json").stderr == ""
+    assert report(tmp_path / "r.json")["rows_from_cache"] == 8
