@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -26,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from adpulse_batch.catalog import Catalog, CatalogWriter, csv_safe
-from adpulse_batch.errors import AdPulseError, InputError, WorkerError, WriteError, writing
+from adpulse_batch.errors import AdPulseError, InputError, WorkerError, WriteError, first_line, writing
 from adpulse_batch.plan import TRUNCATED
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,12 @@ class WorkDir:
         for stale in [*self.path.glob("*.tmp"), *self.path.glob("done-w*.json"), *self.path.glob("failed-w*.json")]:
             with writing(stale, WORK_FIX):
                 stale.unlink()
+        for part in self.parts():
+            problem = self._unreadable(part)
+            if problem is not None:
+                log.warning("%s cannot be read (%s); its rows are generated again", part, problem)
+                with writing(part, WORK_FIX):
+                    part.unlink()
         _write_json(manifest, {"fingerprint": fingerprint, "output": str(Path(output).resolve())})
         parts = [p.name for p in self.parts()]
         _write_json(self.path / RESUMED, {"parts": parts})
@@ -122,6 +129,18 @@ class WorkDir:
         if rows:
             log.info("resuming: %d rows are already done in %s", rows, self.path)
         return rows
+
+    def _unreadable(self, part: Path) -> str | None:
+        """Why a part file cannot be used (None when it can). A crash on a file system that
+        does not keep its promises, or a copy gone wrong, can leave one empty or cut short:
+        its rows are redone rather than every rerun failing on it."""
+        if not _PART_NAME.fullmatch(part.name):
+            return "its name is not one adpulse-batch gives parts"
+        try:
+            found = pq.read_table(part, schema=self.schema).num_rows
+        except (OSError, pa.ArrowException) as error:
+            return first_line(error)
+        return None if found == _part_rows(part.name) else f"it holds {found} rows, its name says {_part_rows(part.name)}"
 
     # --- in every worker ---
 
@@ -248,11 +267,15 @@ def assemble(catalog: Catalog, work: WorkDir, writer: CatalogWriter, ad_columns:
 def _write_json(path: Path, data: dict) -> None:
     temp = path.with_suffix(".tmp")
     with writing(path, WORK_FIX):
-        temp.write_text(json.dumps(data))
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data))
+            handle.flush()
+            os.fsync(handle.fileno())  # a manifest cut short by a crash would disown the work
         os.replace(temp, path)
 
 
 # part-<chunk start>-w<worker>-n<rows>-<random>.parquet
+_PART_NAME = re.compile(r"part-\d+-w\d+-n\d+-[0-9a-f]+\.parquet")
 
 
 def _part_chunk(name: str) -> int:

@@ -302,3 +302,23 @@ def test_a_cache_entry_that_does_not_parse_is_a_miss(run_ads, tmp_path):
     # The ads generated again replaced the damaged entries.
     assert run_ads(source, "-o", tmp_path / "c.csv", "--cache", cache, "--report", tmp_path / "r.json").stderr == ""
     assert report(tmp_path / "r.json")["rows_from_cache"] == 8
+
+
+def test_a_part_file_that_cannot_be_read_is_redone(run_ads, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=6)
+    out = tmp_path / "out.csv"
+    work = tmp_path / ".out.csv.adpulse-work"
+    assert run_ads(source, "-o", out, "--no-cache", "--keep-work").exit_code == 0
+    first = out.read_bytes()
+    (part,) = work.glob("part-*.parquet")
+    part.write_bytes(b"")  # what a crash on a file system that skips fsync can leave
+    (work / "part-000000000000-w0000-n2-0123abcd.parquet").write_bytes(b"PAR1 cut short")
+    (work / "part-of-something-else.parquet").write_bytes(b"")
+    result = run_ads(source, "-o", out, "--no-cache", "--keep-work", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 3 and all(w.startswith(f"adpulse-batch: {work}/part-") for w in warnings)
+    assert all(w.endswith("; its rows are generated again") for w in warnings)
+    assert "part-of-something-else.parquet cannot be read (its name is not one adpulse-batch gives parts)" in warnings[2]
+    assert (report(tmp_path / "r.json")["rows_resumed"], report(tmp_path / "r.json")["rows_generated"]) == (0, 6)
+    assert out.read_bytes() == first
