@@ -35,6 +35,7 @@ from adpulse_batch.settings import NO_COLUMN, check_utf8_name
 log = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 # Rows per chunk: the unit of reading, of prompt planning (sorting by length, dedupe,
 # sharing out rows) and of writing. Bounded, so memory does not grow with the catalog.
@@ -216,6 +217,8 @@ def open_catalog(path: str | os.PathLike, *, encoding: str = "utf-8", limit: int
     path = Path(path)
     if not path.exists():
         raise InputError(f"input {path} does not exist")
+    if not (path.is_dir() or path.is_file()):  # a pipe would hang the second read, or give it nothing
+        raise InputError(f"input {path} is not a regular file (a pipe or a device?); a catalog is read more than once, so write it to a file first")
     fmt = "parquet" if path.is_dir() else catalog_format(path, role="input")
     if fmt == "parquet":
         files = _parquet_files(path)
@@ -255,6 +258,8 @@ def catalog_format(path: Path, *, role: str) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         names = ", ".join(FORMATS)
+        if path.suffix.lower() in COMPRESSED:
+            names += ", uncompressed" + (" (decompress it first)" if role == "input" else "")
         raise InputError(f"{role} {path} has the suffix '{path.suffix}'; use one of {names}")
     return fmt
 
@@ -264,6 +269,7 @@ def default_output_path(input_path: Path) -> Path:
     input_path = Path(input_path)
     if input_path.is_dir():
         return input_path.parent / f"{input_path.name}.ads.parquet"
+    catalog_format(input_path, role="input")  # `catalog.csv.gz` is named as the input it is, not as `catalog.csv.ads.gz`
     return input_path.with_name(f"{input_path.stem}.ads{input_path.suffix}")
 
 
@@ -302,6 +308,15 @@ def find_prompt_columns(
             extra=f", or pass {flags[1]} {NO_COLUMN} to {purpose} from the product alone",
         )  # fmt: skip
     return found, described
+
+
+def catalog_prompt_columns(catalog: Catalog, product: str | None, description: str | None) -> tuple[str, str | None]:
+    """find_prompt_columns for an opened catalog. One with neither columns nor rows (an empty
+    JSONL file, where no object names a key) has no row to write an ad for: it makes a 0-row
+    output, as a header-only CSV does, so a night with no new products is not a failed run."""
+    if not catalog.columns and catalog.num_rows == 0:
+        return product or PRODUCT_NAMES[0], None
+    return find_prompt_columns(catalog.columns, product, description)
 
 
 def missing_column_error(columns: list[str], *, role: str, flag: str, candidates: tuple[str, ...], extra: str = "") -> InputError:
@@ -541,9 +556,11 @@ class CatalogWriter:
         self.format = catalog_format(self.path, role="output")
         self.catalog = catalog
         self.new_columns = new_columns
+        self.target = output_target(self.path)
         with writing(self.path, OUTPUT_FIX):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.temp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")  # see remove_temporary_outputs
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+        # Beside the file it replaces, on the same file system (see remove_temporary_outputs).
+        self.temp_path = self.target.with_name(f".{self.target.name}.{os.getpid()}.tmp")
         self._file = None  # CSV and JSONL: the open text file
         self._csv = None
         self._parquet = None
@@ -569,7 +586,7 @@ class CatalogWriter:
                 self.write(Chunk(0, table=self.catalog.arrow_schema().empty_table()), {c: [] for c in self.new_columns})
             with writing(self.path, OUTPUT_FIX):
                 self._close()
-                os.replace(self.temp_path, self.path)
+                os.replace(self.temp_path, self.target)
         except BaseException:
             self.abort()
             raise
@@ -638,11 +655,18 @@ def check_writable_path(path: Path | None, *, flag: str) -> None:
         raise SettingsError(f"{flag} {path}: {folder} is not writable")
 
 
+def output_target(output: Path) -> Path:
+    """The file an output path stands for: the target of a symbolic link (the file there is
+    replaced and the link stays, as `>` in a shell would have it), else the path itself."""
+    output = Path(output)
+    return Path(os.path.realpath(output)) if output.is_symlink() else output
+
+
 def remove_temporary_outputs(output: Path) -> None:
     """Remove the temporary files that writers of `output` killed outright (SIGKILL, a power
     cut) left beside it. Only the holder of the output's lock may: they are no one's now."""
-    output = Path(output)
-    for stale in output.parent.glob(f".{glob.escape(output.name)}.*.tmp"):
+    target = output_target(output)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         log.info("removing %s, left by an interrupted run", stale)
         stale.unlink(missing_ok=True)
 

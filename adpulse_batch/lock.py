@@ -10,7 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from adpulse_batch.catalog import OUTPUT_FIX, remove_temporary_outputs
+from adpulse_batch.catalog import OUTPUT_FIX, output_target, remove_temporary_outputs
 from adpulse_batch.errors import InputError, LockedError, writing
 
 
@@ -24,7 +24,8 @@ class OutputLock:
 
     def __init__(self, output: Path):
         self.output = Path(output)
-        self.path = self.output.with_name(f".{self.output.name}.lock")
+        target = output_target(self.output)  # two links to one file share its lock
+        self.path = target.with_name(f".{target.name}.lock")
         self._handle = None
 
     def acquire(self) -> None:

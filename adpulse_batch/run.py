@@ -24,10 +24,10 @@ from adpulse_batch.catalog import (
     Catalog,
     CatalogWriter,
     catalog_format,
+    catalog_prompt_columns,
     check_writable,
     check_writable_path,
     default_output_path,
-    find_prompt_columns,
     open_catalog,
 )
 from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_context
@@ -113,7 +113,7 @@ def prepare(settings: RunSettings) -> Job:
     for path, flag in ((output, "-o/--output"), (settings.report, "--report")):
         check_writable_path(path, flag=flag)  # now, not after the work
     catalog = open_catalog(settings.input, encoding=settings.encoding, limit=settings.limit)
-    product, description = find_prompt_columns(catalog.columns, settings.product_column, settings.description_column)
+    product, description = catalog_prompt_columns(catalog, settings.product_column, settings.description_column)
     check_writable(catalog, output_format)
     for name in [*settings.ad_columns, settings.status_column]:
         if name in catalog.columns:

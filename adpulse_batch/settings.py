@@ -3,6 +3,7 @@ messages that name the command-line flag, so a notebook caller gets the same err
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,8 +82,8 @@ class GenerationSettings:
         _at_least(self.num_variants, 1, "--num-variants")
         _at_least(self.max_chars, 1, "--max-chars")
         _at_least(self.seed, 0, "--seed")
-        if self.temperature < 0:
-            raise SettingsError(f"--temperature must be 0 (greedy) or more, not {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # NaN too: every comparison with it is false
+            raise SettingsError(f"--temperature must be 0 (greedy) or a finite number above it, not {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise SettingsError(f"--top-p must be above 0 and at most 1, not {self.top_p}")
         if self.num_variants > 1 and self.temperature == 0:

@@ -1,6 +1,7 @@
 """Inputs and places a run cannot use: each is one line on stderr, exit code 2, and nothing
 written (no output, no temporary file, no work directory)."""
 
+import gzip
 import json
 import os
 import resource
@@ -119,3 +120,30 @@ def test_file_names_that_are_not_utf8_are_named_and_refused(run_ads, run_cli, tm
         pq.write_table(pa.table({"name": ["Mug"]}), handle)
     fails(run_ads(data, "-o", tmp_path / "out.csv", "--description-column", "none"), f"input {data}/caf\\xe9.parquet: {advice}")
     only(tmp_path, f"{latin1}.csv", "in.csv", "shop")
+
+
+def test_a_compressed_input_is_named_as_the_input(run_ads, tmp_path):
+    source = tmp_path / "in.csv.gz"
+    source.write_bytes(gzip.compress(b"name,description\nMug,Blue\n"))
+    fails(run_ads(source), f"input {source} has the suffix '.gz'; use one of .csv, .parquet, .jsonl, uncompressed (decompress it first)")
+    only(tmp_path, "in.csv.gz")
+
+
+def test_a_misspelt_template_placeholder_is_refused_before_any_work(run_ads, tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["name", "description"], [["Mug", "Blue"]])
+    template = tmp_path / "t.txt"
+    template.write_text("Ad for {product}: {descripton}\n")
+    fails(run_ads(source, "--template", template),
+          f"--template {template} has an unknown placeholder {{descripton}}; the known ones are {{product}} and {{description}}")  # fmt: skip
+    only(tmp_path, "in.csv", "t.txt")
+
+
+def test_a_pipe_as_input_is_refused_not_waited_on(tmp_path):
+    # A pipe can be read once; a catalog is read several times (count, generate, assemble).
+    pipe = tmp_path / "in.csv"
+    os.mkfifo(pipe)
+    result = subprocess.run([sys.executable, "-m", "adpulse_batch", "run", str(pipe)], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stderr) == (2, (
+        f"Error: input {pipe} is not a regular file (a pipe or a device?); "
+        "a catalog is read more than once, so write it to a file first\n"
+    ))  # fmt: skip
