@@ -27,6 +27,8 @@ class AdPulseGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         args = list(sys.argv[1:] if args is None else args)
         extra["obj"] = {"args": args}  # `run --num-processes` relaunches the same command line
+        global _log_format
+        _log_format = (_log_format_in(args) if args[:1] == ["run"] else None) or "text"  # only run has --log-format
         previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -58,6 +60,15 @@ def _terminate(signum, frame):
 
 
 _log_format = "text"  # set by --log-format: errors follow it too
+
+
+def _log_format_in(args: list[str]) -> str | None:
+    """--log-format as the command line (else its environment variable) gives it, read before
+    Click parses anything, so that an error in parsing (a bad flag, a bad job file) follows it."""
+    for before, arg in zip([None, *args], args):
+        if before == "--log-format" or arg.startswith("--log-format="):
+            return arg.removeprefix("--log-format=")
+    return os.environ.get("ADPULSE_LOG_FORMAT")
 
 
 def _fail(message: str, code: int):
@@ -171,6 +182,9 @@ def load_job(ctx: click.Context, param: click.Parameter, value: Path | None) -> 
         options = tomllib.loads(value.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise click.BadParameter(f"{value} is not a readable TOML file ({error})", param_hint="'--job'") from None
+    if _log_format_in(ctx.obj["args"]) is None and options.get("log-format", options.get("log_format")) == "json":
+        global _log_format
+        _log_format = "json"  # the job's own errors follow its log format too
     params = {p.name: p for p in ctx.command.params if p.name != "job" and p.expose_value}
     defaults = {}
     for key, setting in options.items():

@@ -42,14 +42,21 @@ def interrupt(args, output, *, at, stop, env=None) -> subprocess.CompletedProces
     return subprocess.CompletedProcess(command, process.returncode, "", stderr)
 
 
-def assert_stopped(stopped, stop, output):
-    """A stopped run wrote no output; one it could clean up after also left no temporary file."""
-    expected = {
-        signal.SIGKILL: (-signal.SIGKILL, ""),
-        signal.SIGTERM: (143, "Error: interrupted (SIGTERM); no output was written\n"),
-        signal.SIGINT: (130, "Error: interrupted; no output was written\n"),
+def assert_stopped(stopped, stop, output, *, log_format="text"):
+    """A stopped run wrote no output; one it could clean up after also left no temporary
+    file, and said so in one line (one JSON object with `--log-format json`)."""
+    code, message = {
+        signal.SIGKILL: (-signal.SIGKILL, None),
+        signal.SIGTERM: (143, "interrupted (SIGTERM); no output was written"),
+        signal.SIGINT: (130, "interrupted; no output was written"),
     }[stop]
-    assert (stopped.returncode, stopped.stderr) == expected
+    if message is None:
+        said = ""
+    elif log_format == "json":
+        said = json.dumps({"level": "error", "message": message, "exit_code": code}) + "\n"
+    else:
+        said = f"Error: {message}\n"
+    assert (stopped.returncode, stopped.stderr) == (code, said)
     assert not output.exists()
     if stop != signal.SIGKILL:
         assert not list(output.parent.glob(f".{output.name}.*.tmp"))
@@ -72,21 +79,21 @@ def catalog(tmp_path, fmt):
 
 
 @pytest.mark.parametrize(
-    "fmt, at_part, at_assembly",
+    "fmt, at_part, at_assembly, log_format",
     [
-        ("csv", signal.SIGTERM, signal.SIGKILL),
-        ("parquet", signal.SIGKILL, signal.SIGTERM),
-        ("jsonl", signal.SIGINT, signal.SIGKILL),
+        ("csv", signal.SIGTERM, signal.SIGKILL, "text"),
+        ("parquet", signal.SIGKILL, signal.SIGTERM, "json"),
+        ("jsonl", signal.SIGINT, signal.SIGKILL, "text"),
     ],
 )
-def test_a_run_stopped_anywhere_resumes_to_the_same_bytes(run_ads, test_model, tmp_path, fmt, at_part, at_assembly):
+def test_a_run_stopped_anywhere_resumes_to_the_same_bytes(run_ads, test_model, tmp_path, fmt, at_part, at_assembly, log_format):
     source = catalog(tmp_path, fmt)
     whole = tmp_path / f"whole.{fmt}"
     assert run_ads(source, "-o", whole).exit_code == 0  # also fills the ad cache: the runs below are quick
     out = tmp_path / f"out.{fmt}"
-    args = [source, "--adapter", test_model[1], "--max-new-tokens", 12, "--quiet"]  # as run_ads runs
+    args = [source, "--adapter", test_model[1], "--max-new-tokens", 12, "--quiet", "--log-format", log_format]  # as run_ads runs
     for at, stop in (("part", at_part), ("assembly", at_assembly)):
-        assert_stopped(interrupt(args, out, at=at, stop=stop), stop, out)
+        assert_stopped(interrupt(args, out, at=at, stop=stop), stop, out, log_format=log_format)
     if at_assembly == signal.SIGKILL:
         assert list(tmp_path.glob(f".out.{fmt}.*.tmp"))  # killed while writing: what the next run cleans up
     result = run_ads(source, "-o", out, "--report", tmp_path / "r.json")

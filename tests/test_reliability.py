@@ -322,3 +322,23 @@ def test_a_part_file_that_cannot_be_read_is_redone(run_ads, tmp_path):
     assert "part-of-something-else.parquet cannot be read (its name is not one adpulse-batch gives parts)" in warnings[2]
     assert (report(tmp_path / "r.json")["rows_resumed"], report(tmp_path / "r.json")["rows_generated"]) == (0, 6)
     assert out.read_bytes() == first
+
+
+def test_every_error_is_one_json_object_with_json_logs(run_cli, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=2)
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text('name,description\n"Mug,Blue\n')
+    job = tmp_path / "job.toml"
+    job.write_text('log-format = "json"\nlimit = 3.7\n')  # its own error follows its log format
+    for args, env in [
+        ([source, "--log-format", "json", "--batch-size", "many"], None),  # parsing a flag
+        ([source, "--batch-size", "many"], {"ADPULSE_LOG_FORMAT": "json"}),
+        ([source, "--job", job], None),
+        ([unclosed, "--log-format=json"], None),  # reading the input
+        ([source, "-o", tmp_path, "--log-format", "json"], None),  # checking the output
+        ([source, "--temperature", "nan", "--log-format", "json"], None),  # checking settings
+    ]:
+        result = run_cli("run", *args, env=env)
+        (line,) = result.stderr.splitlines()
+        entry = json.loads(line)
+        assert (entry["level"], entry["exit_code"], result.exit_code) == ("error", 2, 2), line
