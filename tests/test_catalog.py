@@ -15,7 +15,7 @@ from adpulse_batch.catalog import (
     find_column,
     open_catalog,
 )
-from adpulse_batch.errors import InputError
+from adpulse_batch.errors import InputError, WriteError
 from conftest import assert_same_table, read_csv, write_csv
 
 
@@ -242,3 +242,14 @@ def test_json_text_is_strict_and_bytes_are_text_everywhere(tmp_path):
     assert [(r["weight"], r["sizes"], r["raw"]) for r in lines] == [(None, [1.0, None], "\\xff\\xfeok"), (None, None, "café")]
     copy_catalog(tmp_path / "in.parquet", tmp_path / "out.csv")
     assert [row[1:4] for row in read_csv(tmp_path / "out.csv")[1]] == [["nan", "[1.0, null]", "\\xff\\xfeok"], ["inf", "", "café"]]
+
+
+def test_a_commit_that_fails_leaves_no_file(tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["name"], [["Mug"]])
+    catalog = open_catalog(source)
+    writer = CatalogWriter(tmp_path / "out.csv", catalog, ["ad"])
+    writer.write(next(catalog.chunks()), {"ad": ["x"]})
+    (tmp_path / "out.csv").mkdir()  # something took the output's place meanwhile
+    with pytest.raises(WriteError, match=r"cannot write .*out\.csv \(Is a directory\); check that its directory"):
+        writer.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]
