@@ -218,7 +218,9 @@ def open_catalog(path: str | os.PathLike, *, encoding: str = "utf-8", limit: int
     if not path.exists():
         raise InputError(f"input {path} does not exist")
     if not (path.is_dir() or path.is_file()):  # a pipe would hang the second read, or give it nothing
-        raise InputError(f"input {path} is not a regular file (a pipe or a device?); a catalog is read more than once, so write it to a file first")
+        raise InputError(
+            f"input {path} is not a regular file (a pipe or a device?); a catalog is read more than once, so write it to a file first"
+        )
     fmt = "parquet" if path.is_dir() else catalog_format(path, role="input")
     if fmt == "parquet":
         files = _parquet_files(path)
