@@ -109,16 +109,29 @@ class AdCache:
         return db
 
     def get_many(self, keys: Iterable[str]) -> dict[str, CachedAd]:
-        """The cache entries of the keys that have them."""
+        """The cache entries of the keys that have them. An entry that does not parse (a
+        damaged file, a hand edit) is a miss: its prompt is generated again, and overwrites it."""
         found: dict[str, CachedAd] = {}
         keys = list(keys)
         if self._broken:
             return found
+        damaged = 0
         with self._failing_softly():
             for first in range(0, len(keys), 500):  # SQLite caps the parameters of one query
                 part = keys[first : first + 500]
                 query = f"SELECT key, ads FROM ads WHERE key IN ({','.join('?' * len(part))})"
-                found.update((key, CachedAd(**json.loads(entry))) for key, entry in self._db.execute(query, part))
+                for key, entry in self._db.execute(query, part):
+                    try:
+                        ad = CachedAd(**json.loads(entry))
+                    except (TypeError, ValueError):  # not JSON, not an object, other fields
+                        ad = None
+                    if ad is None or not (isinstance(ad.ads, list) and ad.ads and all(isinstance(text, str) for text in ad.ads)
+                                          and isinstance(ad.truncated, bool)):  # fmt: skip
+                        damaged += 1
+                    else:
+                        found[key] = ad
+        if damaged:
+            log.warning("the ad cache %s has %d entries that do not parse; their ads are generated again", self.path, damaged)
         return found
 
     def put_many(self, items: dict[str, CachedAd]) -> None:

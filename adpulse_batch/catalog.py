@@ -9,10 +9,16 @@ keep their Arrow types, JSONL objects keep their keys and values.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import datetime
 import decimal
+import glob
+import hashlib
+import io
 import json
+import logging
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -23,14 +29,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from adpulse_batch.errors import InputError, SettingsError, first_line
-from adpulse_batch.settings import NO_COLUMN
+from adpulse_batch.errors import InputError, SettingsError, first_line, writing
+from adpulse_batch.settings import NO_COLUMN, check_utf8_name
+
+log = logging.getLogger(__name__)
 
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".jsonl": "jsonl"}
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".zip")
 
 # Rows per chunk: the unit of reading, of prompt planning (sorting by length, dedupe,
 # sharing out rows) and of writing. Bounded, so memory does not grow with the catalog.
 CHUNK_ROWS = 4096
+
+# What to check when the output (or the lock file beside it) cannot be written.
+OUTPUT_FIX = "check that its directory is writable and has free space, or name another output with -o/--output"
 
 # A product description can be long; the csv module's default field limit (128 KiB) is not
 # a reason to fail a nightly run.
@@ -91,11 +103,27 @@ class Catalog:
     limit: int | None = None
     schema: pa.Schema | None = None  # None for JSONL until arrow_schema() infers it
     files: list[Path] = field(default_factory=list)  # the Parquet files of a directory
+    digest: str | None = None  # see content_digest()
+
+    def content_digest(self) -> str:
+        """sha256 of the input's bytes (of a Parquet directory: of its files' names and bytes),
+        so work resumed after a crash is work on these very bytes, whatever the file's size and
+        time say. CSV and JSONL are hashed as open_catalog reads them; Parquet, whose rows are
+        not read before the work starts, when first asked."""
+        if self.digest is None:
+            if self.path.is_dir():
+                hasher = hashlib.sha256()
+                for path in self.files:
+                    hasher.update(os.fsencode(path.relative_to(self.path)) + b"\0" + _file_digest(path).encode() + b"\0")
+                self.digest = hasher.hexdigest()
+            else:
+                self.digest = _file_digest(self.path)
+        return self.digest
 
     def arrow_schema(self) -> pa.Schema:
         """The Arrow types of the input columns (for JSONL, inferred over the whole file)."""
         if self.schema is None:
-            schemas = [_records_table(chunk.records, None).schema for chunk in self.chunks()]
+            schemas = [_records_schema(self.path, chunk.records) for chunk in self.chunks()]
             try:
                 self.schema = pa.unify_schemas(
                     [pa.schema([(c, pa.null()) for c in self.columns]), *schemas], promote_options="permissive"
@@ -121,23 +149,24 @@ class Catalog:
                 return
 
     def _csv_chunks(self, rows: int) -> Iterator[Chunk]:
-        header, records = _csv_records(self.path, self.encoding)
-        width = len(header)
-        start = 0
-        batch: list[list[str]] = []
-        problems: dict[int, str] = {}
-        for line, record in records:
-            if len(record) != width:
-                record, problem = _fit_ragged(record, width, line)
-                if problem:
-                    problems[len(batch)] = problem
-            batch.append(record)
-            if len(batch) == rows:
+        with _open_text(self.path, self.encoding, newline="") as handle:
+            header, records = _csv_records(self.path, self.encoding, handle)
+            width = len(header)
+            start = 0
+            batch: list[list[str]] = []
+            problems: dict[int, str] = {}
+            for line, record in records:
+                if len(record) != width:
+                    record, problem = _fit_ragged(record, width, line)
+                    if problem:
+                        problems[len(batch)] = problem
+                batch.append(record)
+                if len(batch) == rows:
+                    yield _csv_chunk(start, header, batch, problems)
+                    start += len(batch)
+                    batch, problems = [], {}
+            if batch:
                 yield _csv_chunk(start, header, batch, problems)
-                start += len(batch)
-                batch, problems = [], {}
-        if batch:
-            yield _csv_chunk(start, header, batch, problems)
 
     def _parquet_chunks(self, rows: int) -> Iterator[Chunk]:
         """Whole chunks of `rows` across file boundaries: a dataset of many small files still
@@ -165,27 +194,33 @@ class Catalog:
                 raise InputError(f"{path} is not a readable Parquet file: {first_line(error)}") from None
 
     def _jsonl_chunks(self, rows: int) -> Iterator[Chunk]:
-        start = 0
-        batch: list[dict] = []
-        for _, record in _jsonl_records(self.path, self.encoding):
-            batch.append(record)
-            if len(batch) == rows:
+        with _open_text(self.path, self.encoding) as handle:
+            start = 0
+            batch: list[dict] = []
+            for _, record in _jsonl_records(self.path, self.encoding, handle):
+                batch.append(record)
+                if len(batch) == rows:
+                    yield Chunk(start, records=batch)
+                    start += len(batch)
+                    batch = []
+            if batch:
                 yield Chunk(start, records=batch)
-                start += len(batch)
-                batch = []
-        if batch:
-            yield Chunk(start, records=batch)
 
 
 def open_catalog(path: str | os.PathLike, *, encoding: str = "utf-8", limit: int | None = None) -> Catalog:
     """Open a catalog, check that it can be read, and count its rows.
 
     CSV and JSONL files are read through once here, so that a file that does not decode or
-    parse fails before any model is loaded, and the progress bar knows the total.
+    parse fails before any model is loaded, and the progress bar knows the total; their
+    bytes are hashed on the way (to the end of the file, also with a limit).
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"input {path} does not exist")
+    if not (path.is_dir() or path.is_file()):  # a pipe would hang the second read, or give it nothing
+        raise InputError(
+            f"input {path} is not a regular file (a pipe or a device?); a catalog is read more than once, so write it to a file first"
+        )
     fmt = "parquet" if path.is_dir() else catalog_format(path, role="input")
     if fmt == "parquet":
         files = _parquet_files(path)
@@ -194,19 +229,24 @@ def open_catalog(path: str | os.PathLike, *, encoding: str = "utf-8", limit: int
         catalog = Catalog(path, fmt, schema.names, num_rows, schema=schema, files=files)
     else:
         _check_encoding(encoding)
-        if fmt == "csv":
-            header, records = _csv_records(path, encoding)
-            catalog = Catalog(path, fmt, header, 0, encoding=encoding, schema=pa.schema([(h, pa.string()) for h in header]))
-        else:
-            records = _jsonl_records(path, encoding)
-            catalog = Catalog(path, fmt, [], 0, encoding=encoding)
-        keys: dict[str, None] = {}
-        for count, (_, record) in enumerate(records, start=1):
-            if fmt == "jsonl":
-                keys.update(dict.fromkeys(record))
-            catalog.num_rows = count
-            if limit is not None and count >= limit:
-                break
+        digest = hashlib.sha256()
+        with _open_text(path, encoding, newline="" if fmt == "csv" else None, digest=digest) as handle:
+            if fmt == "csv":
+                header, records = _csv_records(path, encoding, handle)
+                catalog = Catalog(path, fmt, header, 0, encoding=encoding, schema=pa.schema([(h, pa.string()) for h in header]))
+            else:
+                records = _jsonl_records(path, encoding, handle)
+                catalog = Catalog(path, fmt, [], 0, encoding=encoding)
+            keys: dict[str, None] = {}
+            for count, (_, record) in enumerate(records, start=1):
+                if fmt == "jsonl":
+                    keys.update(dict.fromkeys(record))
+                catalog.num_rows = count
+                if limit is not None and count >= limit:
+                    break
+            while handle.buffer.read(1 << 20):  # the rest, past the limit, is hashed unparsed
+                pass
+        catalog.digest = digest.hexdigest()
         if fmt == "jsonl":
             catalog.columns = list(keys)
     catalog.limit = limit
@@ -220,6 +260,8 @@ def catalog_format(path: Path, *, role: str) -> str:
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
         names = ", ".join(FORMATS)
+        if path.suffix.lower() in COMPRESSED:
+            names += ", uncompressed" + (" (decompress it first)" if role == "input" else "")
         raise InputError(f"{role} {path} has the suffix '{path.suffix}'; use one of {names}")
     return fmt
 
@@ -229,6 +271,7 @@ def default_output_path(input_path: Path) -> Path:
     input_path = Path(input_path)
     if input_path.is_dir():
         return input_path.parent / f"{input_path.name}.ads.parquet"
+    catalog_format(input_path, role="input")  # `catalog.csv.gz` is named as the input it is, not as `catalog.csv.ads.gz`
     return input_path.with_name(f"{input_path.stem}.ads{input_path.suffix}")
 
 
@@ -269,6 +312,15 @@ def find_prompt_columns(
     return found, described
 
 
+def catalog_prompt_columns(catalog: Catalog, product: str | None, description: str | None) -> tuple[str, str | None]:
+    """find_prompt_columns for an opened catalog. One with neither columns nor rows (an empty
+    JSONL file, where no object names a key) has no row to write an ad for: it makes a 0-row
+    output, as a header-only CSV does, so a night with no new products is not a failed run."""
+    if not catalog.columns and catalog.num_rows == 0:
+        return product or PRODUCT_NAMES[0], None
+    return find_prompt_columns(catalog.columns, product, description)
+
+
 def missing_column_error(columns: list[str], *, role: str, flag: str, candidates: tuple[str, ...], extra: str = "") -> InputError:
     tried = ", ".join(candidates)
     return InputError(
@@ -291,39 +343,90 @@ def _check_encoding(encoding: str) -> None:
         raise SettingsError(f"--encoding {encoding!r} is not an encoding Python knows (try utf-8, latin-1, cp1252)") from None
 
 
-def _csv_records(path: Path, encoding: str) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header and an iterator of (line number, fields); decode errors become InputError."""
+def _open_text(path: Path, encoding: str, *, newline: str | None = None, digest=None) -> io.TextIOWrapper:
+    """A catalog file as text; every byte read from it is added to `digest` when given."""
     # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark Excel writes.
     python_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    handle = open(path, newline="", encoding=python_encoding)
-    reader = csv.reader(handle)
+    if digest is None:
+        return open(path, encoding=python_encoding, newline=newline)
+    raw = io.BufferedReader(_Digesting(open(path, "rb"), digest), 1 << 20)
+    return io.TextIOWrapper(raw, encoding=python_encoding, newline=newline)
+
+
+class _Digesting(io.RawIOBase):
+    """A binary file that adds every byte read from it to a hash."""
+
+    def __init__(self, raw, digest):
+        self.raw, self.digest = raw, digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        count = self.raw.readinto(buffer)
+        self.digest.update(memoryview(buffer)[:count])
+        return count
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def _csv_records(path: Path, encoding: str, handle) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header and an iterator of (line number, fields) of the open CSV file `handle`;
+    decode errors become InputError."""
+    # strict: a quote that never closes, or text after a closing quote ("Hat"x), is an error
+    # instead of a guess (the lenient reader swallows the rest of the file into one cell, or
+    # drops the quotes).
+    reader = csv.reader(handle, strict=True)
+    ended = 0  # the line the last record ended on
 
     def decoding(step):
+        nonlocal ended
         try:
-            return step()
+            record = step()
         except UnicodeDecodeError:
-            handle.close()
             raise _decode_error(path, encoding) from None
         except csv.Error as error:
-            handle.close()
-            raise InputError(f"{path} line {reader.line_num}: not valid CSV ({error})") from None
+            raise _csv_error(path, error, record_line=ended + 1, line=reader.line_num) from None
+        ended = reader.line_num
+        return record
 
     header = decoding(lambda: next(reader, None))
     if header is None:
-        handle.close()
         raise InputError(f"{path} is empty: a CSV catalog needs a header line naming its columns")
     _check_header(path, header)
 
     def records() -> Iterator[tuple[int, list[str]]]:
-        with handle:
-            while True:
-                record = decoding(lambda: next(reader, None))
-                if record is None:
-                    return
-                if record:  # the csv module yields [] for blank lines: no row there
-                    yield reader.line_num, record
+        while True:
+            record = decoding(lambda: next(reader, None))
+            if record is None:
+                return
+            if record:  # the csv module yields [] for blank lines: no row there
+                yield reader.line_num, record
 
     return header, records()
+
+
+def _csv_error(path: Path, error: csv.Error, *, record_line: int, line: int) -> InputError:
+    """The csv module's error as a line that says where and what to fix. At the end of the
+    file the reader only knows it is inside a quote: name the line its row started on."""
+    if str(error) == "unexpected end of data":
+        return InputError(
+            f"{path} line {record_line}: the row starting on this line opens a quote that is never closed; "
+            'close it, or double a quote that is part of the text ("")'
+        )
+    if str(error).startswith("',' expected after"):
+        return InputError(
+            f"{path} line {line}: a quoted cell has text after its closing quote (as in \"a\"b); "
+            'quote the whole cell and double the quotes inside it ("""a""b")'
+        )
+    return InputError(f"{path} line {line}: not valid CSV ({error})")
 
 
 def _check_header(path: Path, header: list[str]) -> None:
@@ -358,22 +461,21 @@ def _csv_chunk(start: int, header: list[str], records: list[list[str]], problems
 # --- JSONL -----------------------------------------------------------------------------
 
 
-def _jsonl_records(path: Path, encoding: str) -> Iterator[tuple[int, dict]]:
-    python_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    with open(path, encoding=python_encoding) as handle:
-        try:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise InputError(f"{path} line {line_number}: not valid JSON ({error.msg})") from None
-                if not isinstance(record, dict):
-                    raise InputError(f"{path} line {line_number}: expected a JSON object per line, got {type(record).__name__}")
-                yield line_number, record
-        except UnicodeDecodeError:
-            raise _decode_error(path, encoding) from None
+def _jsonl_records(path: Path, encoding: str, handle) -> Iterator[tuple[int, dict]]:
+    """(line number, object) of each line of the open JSONL file `handle`."""
+    try:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise InputError(f"{path} line {line_number}: not valid JSON ({error.msg})") from None
+            if not isinstance(record, dict):
+                raise InputError(f"{path} line {line_number}: expected a JSON object per line, got {type(record).__name__}")
+            yield line_number, record
+    except UnicodeDecodeError:
+        raise _decode_error(path, encoding) from None
 
 
 def _decode_error(path: Path, encoding: str) -> InputError:
@@ -406,6 +508,8 @@ def _parquet_files(path: Path) -> list[Path]:
     )
     if not files:
         raise InputError(f"input directory {path} holds no .parquet files")
+    for f in files:
+        check_utf8_name(f, "input")
     return files
 
 
@@ -454,8 +558,11 @@ class CatalogWriter:
         self.format = catalog_format(self.path, role="output")
         self.catalog = catalog
         self.new_columns = new_columns
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.temp_path = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.target = output_target(self.path)
+        with writing(self.path, OUTPUT_FIX):
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+        # Beside the file it replaces, on the same file system (see remove_temporary_outputs).
+        self.temp_path = self.target.with_name(f".{self.target.name}.{os.getpid()}.tmp")
         self._file = None  # CSV and JSONL: the open text file
         self._csv = None
         self._parquet = None
@@ -463,26 +570,34 @@ class CatalogWriter:
     def write(self, chunk: Chunk, new_values: dict[str, list[str]]) -> None:
         """Write one chunk with the new columns' values (in the chunk's row order)."""
         if self.format == "jsonl":
-            self._write_jsonl(chunk.to_records(), new_values)
-        else:
-            table = _with_columns(chunk.to_table(self.catalog.arrow_schema()), new_values)
+            with writing(self.path, OUTPUT_FIX):
+                self._write_jsonl(chunk.to_records(), new_values)
+            return
+        table = _with_columns(chunk.to_table(self.catalog.arrow_schema()), new_values)
+        with writing(self.path, OUTPUT_FIX):
             if self.format == "parquet":
                 self._write_parquet(table)
             else:
                 self._write_csv(table)
 
     def commit(self) -> None:
-        """Finish the file and move it into place."""
-        if self._file is None and self._parquet is None:
-            # No rows at all: still a valid file, with every column where the format has a header.
-            self.write(Chunk(0, table=self.catalog.arrow_schema().empty_table()), {c: [] for c in self.new_columns})
-        self._close()
-        os.replace(self.temp_path, self.path)
+        """Finish the file and move it into place; if that fails, drop it."""
+        try:
+            if self._file is None and self._parquet is None:
+                # No rows at all: still a valid file, with every column where the format has a header.
+                self.write(Chunk(0, table=self.catalog.arrow_schema().empty_table()), {c: [] for c in self.new_columns})
+            with writing(self.path, OUTPUT_FIX):
+                self._close()
+                os.replace(self.temp_path, self.target)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         """Drop the partial file (after an error or an interrupt)."""
         try:
-            self._close()
+            with contextlib.suppress(OSError):  # on a full disk the last flush fails too: the file goes anyway
+                self._close()
         finally:
             self.temp_path.unlink(missing_ok=True)
 
@@ -524,7 +639,38 @@ class CatalogWriter:
             self._file = open(self.temp_path, "w", encoding="utf-8")
         for offset, record in enumerate(records):
             row = {**record, **{name: values[offset] for name, values in new_values.items()}}
-            self._file.write(json.dumps(row, ensure_ascii=False, default=_json_value) + "\n")
+            self._file.write(_json_text(row) + "\n")
+
+
+def check_writable_path(path: Path | None, *, flag: str) -> None:
+    """Fail before any work when a file the run writes (`flag`'s) could not go where it is
+    asked to: a directory in its place, a file where its directory should be, a directory
+    this user may not write in."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise SettingsError(f"{flag} {path} is a directory; name a file")
+    folder = next(p for p in path.parents if p.exists())  # its directory, or the one it will be made in
+    if not folder.is_dir():
+        raise SettingsError(f"{flag} {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise SettingsError(f"{flag} {path}: {folder} is not writable")
+
+
+def output_target(output: Path) -> Path:
+    """The file an output path stands for: the target of a symbolic link (the file there is
+    replaced and the link stays, as `>` in a shell would have it), else the path itself."""
+    output = Path(output)
+    return Path(os.path.realpath(output)) if output.is_symlink() else output
+
+
+def remove_temporary_outputs(output: Path) -> None:
+    """Remove the temporary files that writers of `output` killed outright (SIGKILL, a power
+    cut) left beside it. Only the holder of the output's lock may: they are no one's now."""
+    target = output_target(output)
+    for stale in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        log.info("removing %s, left by an interrupted run", stale)
+        stale.unlink(missing_ok=True)
 
 
 # A cell starting with one of these is a formula to a spreadsheet (CSV injection).
@@ -554,10 +700,12 @@ def check_writable(catalog: Catalog, output_format: str) -> None:
 
 
 def _csv_cells(column: pa.ChunkedArray) -> list[str]:
-    """A column as CSV text: strings as they are, lists and structs as JSON, other types
-    as Arrow writes them, nulls empty."""
+    """A column as CSV text: strings as they are, lists and structs as JSON, bytes as
+    `_bytes_text` has them, other types as Arrow writes them, nulls empty."""
     if pa.types.is_nested(column.type):
-        return ["" if v is None else json.dumps(v, ensure_ascii=False, default=_json_value) for v in column.to_pylist()]
+        return ["" if v is None else _json_text(v) for v in column.to_pylist()]
+    if _is_bytes(column.type):
+        return ["" if v is None else _bytes_text(v) for v in column.to_pylist()]
     if not pa.types.is_string(column.type):
         column = pc.cast(column, pa.string())
     return ["" if value is None else value for value in column.to_pylist()]
@@ -569,16 +717,61 @@ def _with_columns(table: pa.Table, new_values: dict[str, list[str]]) -> pa.Table
     return table
 
 
-def _records_table(records: list[dict], schema: pa.Schema | None) -> pa.Table:
-    """JSONL objects as a table; a key missing from an object is a null."""
-    names = schema.names if schema is not None else list(dict.fromkeys(k for r in records for k in r))
+def _records_schema(path: Path, records: list[dict]) -> pa.Schema:
+    """The Arrow types of JSONL objects, key by key (a key missing from an object is a null).
+    A key whose integers do not fit 64 bits (20-digit ids) is a decimal(38, 0) column, which
+    keeps them exact to 38 digits, in Parquet and in CSV."""
+    fields = []
+    for name in dict.fromkeys(k for r in records for k in r):
+        values = [r.get(name) for r in records]
+        try:
+            fields.append(pa.field(name, pa.array(values).type))
+        except (OverflowError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            if not all(v is None or (type(v) is int and abs(v) < 10**38) for v in values):
+                raise InputError(
+                    f"{path}: the key {name!r} holds values Arrow cannot type ({first_line(error)}); "
+                    "write a .jsonl output to keep them as they are"
+                ) from None
+            fields.append(pa.field(name, pa.decimal128(38, 0)))
+    return pa.schema(fields)
+
+
+def _records_table(records: list[dict], schema: pa.Schema) -> pa.Table:
+    """JSONL objects as a table of `schema` (see _records_schema)."""
     try:
-        return pa.Table.from_pydict({name: [r.get(name) for r in records] for name in names}, schema=schema)
+        return pa.Table.from_pydict({name: [r.get(name) for r in records] for name in schema.names}, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
         raise InputError(
             f"a JSONL key holds values Arrow cannot type ({first_line(error)}); "
             "write a .jsonl output to keep them as they are"
         ) from None
+
+
+def _json_text(value) -> str:
+    """Strict JSON: NaN and infinities, which JSON has no words for, are written as null."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=_json_value, allow_nan=False)
+    except ValueError:  # the rare value that holds one: cleaned only then
+        return json.dumps(_finite(value), ensure_ascii=False, default=_json_value, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _is_bytes(arrow_type: pa.DataType) -> bool:
+    return pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type) or pa.types.is_fixed_size_binary(arrow_type)
+
+
+def _bytes_text(value: bytes) -> str:
+    """Bytes as text: UTF-8 as it reads, any other byte as a `\\xNN` escape (CSV and JSON alike)."""
+    return value.decode("utf-8", errors="backslashreplace")
 
 
 def _json_value(value):
@@ -588,7 +781,7 @@ def _json_value(value):
     if isinstance(value, decimal.Decimal):
         return str(value)
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
+        return _bytes_text(value)
     if isinstance(value, datetime.timedelta):
         return value.total_seconds()
     raise TypeError(f"cannot write {type(value).__name__} to JSON")

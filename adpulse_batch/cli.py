@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -14,8 +15,8 @@ from pathlib import Path
 import click
 
 from adpulse_batch import __version__
-from adpulse_batch.errors import AdPulseError
 from adpulse_batch.engines import ENGINES
+from adpulse_batch.errors import AdPulseError, Terminated
 from adpulse_batch.families import FAMILIES
 from adpulse_batch.settings import DEFAULT_ADAPTER, DEFAULT_BASE_MODEL, DEVICES, DTYPES, QUANTIZE
 
@@ -28,6 +29,9 @@ class AdPulseGroup(click.Group):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         args = list(sys.argv[1:] if args is None else args)
         extra["obj"] = {"args": args}  # `run --num-processes` relaunches the same command line
+        global _log_format
+        _log_format = (_log_format_in(args) if args[:1] == ["run"] else None) or "text"  # only run has --log-format
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as error:
@@ -37,10 +41,36 @@ class AdPulseGroup(click.Group):
             _fail(str(error), error.exit_code)
         except click.exceptions.Abort:
             _fail("interrupted; no output was written", 130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)  # a test or notebook gets its own back
         sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx):
+        # Here rather than through Click, which answers Ctrl-C with a blank line (not JSON).
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as stop:
+            _fail(f"interrupted{' (SIGTERM)' if isinstance(stop, Terminated) else ''}; no output was written",
+                  getattr(stop, "exit_code", 130))  # fmt: skip
+
+
+def _terminate(signum, frame):
+    """SIGTERM stops a command as Ctrl-C does. A second one while it cleans up is ignored
+    (SIGKILL still ends it at once)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
 
 
 _log_format = "text"  # set by --log-format: errors follow it too
+
+
+def _log_format_in(args: list[str]) -> str | None:
+    """--log-format as the command line (else its environment variable) gives it, read before
+    Click parses anything, so that an error in parsing (a bad flag, a bad job file) follows it."""
+    for before, arg in zip([None, *args], args):
+        if before == "--log-format" or arg.startswith("--log-format="):
+            return arg.removeprefix("--log-format=")
+    return os.environ.get("ADPULSE_LOG_FORMAT")
 
 
 def _fail(message: str, code: int):
@@ -173,12 +203,18 @@ def load_job(ctx: click.Context, param: click.Parameter, value: Path | None) -> 
         options = tomllib.loads(value.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise click.BadParameter(f"{value} is not a readable TOML file ({error})", param_hint="'--job'") from None
-    names = {p.name for p in ctx.command.params if p.name != "job" and p.expose_value}
+    if _log_format_in(ctx.obj["args"]) is None and options.get("log-format", options.get("log_format")) == "json":
+        global _log_format
+        _log_format = "json"  # the job's own errors follow its log format too
+    params = {p.name: p for p in ctx.command.params if p.name != "job" and p.expose_value}
     defaults = {}
     for key, setting in options.items():
         name = key.replace("-", "_")
-        if name not in names:
+        if name not in params:
             raise click.BadParameter(f"{value}: {key!r} is not a run option (see adpulse-batch run --help)", param_hint="'--job'")
+        expected = _job_value_type(params[name], setting)
+        if expected is not None:
+            raise click.BadParameter(f"{value}: {key!r} must be {expected}, not {_toml_text(setting)}", param_hint="'--job'")
         if name in JOB_PATHS or (name in ("model", "adapter") and (value.parent / str(setting)).exists()):
             setting = os.path.abspath(value.parent / str(setting))
         defaults[name] = setting
@@ -186,6 +222,31 @@ def load_job(ctx: click.Context, param: click.Parameter, value: Path | None) -> 
 
 
 JOB_PATHS = {"input", "output", "template", "report", "work_dir", "cache"}
+
+
+def _job_value_type(param: click.Parameter, setting) -> str | None:
+    """The type a job file's value should have had, or None when it has it. TOML values are
+    typed: `limit = 3.7` or `limit = true` is a mistake to point at, not 3 or 1 rows."""
+    if getattr(param, "is_flag", False):
+        expected, fits = "true or false", isinstance(setting, bool)
+    elif isinstance(param.type, click.types.IntParamType):
+        expected, fits = "an integer", isinstance(setting, int) and not isinstance(setting, bool)
+    elif isinstance(param.type, click.types.FloatParamType):
+        expected, fits = "a number", isinstance(setting, (int, float)) and not isinstance(setting, bool)
+    else:  # text: names, paths, choices; a whole number too (num-processes = 4)
+        expected, fits = "a string", isinstance(setting, (str, int)) and not isinstance(setting, bool)
+    return None if fits else expected
+
+
+def _toml_text(setting) -> str:
+    """A TOML value as the job file spells it."""
+    if isinstance(setting, bool):
+        return str(setting).lower()
+    if isinstance(setting, str):
+        return json.dumps(setting, ensure_ascii=False)
+    if isinstance(setting, (list, dict)):
+        return "an array" if isinstance(setting, list) else "a table"
+    return setting.isoformat() if hasattr(setting, "isoformat") else str(setting)
 
 
 @cli.command()
@@ -421,8 +482,9 @@ def finetune(data, output, product_column, description_column, ad_column, encodi
 
     try:
         summary = train(settings, progress=not quiet and sys.stderr.isatty())
-    except KeyboardInterrupt:
-        _fail(f"interrupted; pass --resume to continue from the newest checkpoint in {output}, if one was written", 130)
+    except KeyboardInterrupt as stop:
+        _fail(f"interrupted; pass --resume to continue from the newest checkpoint in {output}, if one was written",
+              getattr(stop, "exit_code", 130))  # fmt: skip
     if not quiet:
         click.echo(summary.line(), err=True)
 

@@ -10,19 +10,22 @@ import socket
 import time
 from pathlib import Path
 
-from adpulse_batch.errors import InputError, LockedError
+from adpulse_batch.catalog import OUTPUT_FIX, output_target, remove_temporary_outputs
+from adpulse_batch.errors import InputError, LockedError, writing
 
 
 class OutputLock:
     """An advisory lock on a file beside the output, held while the run lasts.
 
     The operating system drops the lock when its process dies, so a crashed run never
-    leaves a stale lock behind; the file's text only names the holder for the message.
+    leaves a stale lock behind; the file's text only names the holder for the message. The
+    holder also owns the output's temporary files: those of killed runs go when it locks.
     """
 
     def __init__(self, output: Path):
         self.output = Path(output)
-        self.path = self.output.with_name(f".{self.output.name}.lock")
+        target = output_target(self.output)  # two links to one file share its lock
+        self.path = target.with_name(f".{target.name}.lock")
         self._handle = None
 
     def acquire(self) -> None:
@@ -30,6 +33,20 @@ class OutputLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)  # the output's directory
         except OSError as error:
             raise InputError(f"cannot create the output directory {self.path.parent} ({error.strerror}); check -o/--output") from None
+        with writing(self.path, OUTPUT_FIX):  # the first file a run writes: a read-only directory fails here
+            handle = self._locked_file()
+            try:
+                handle.truncate(0)
+                handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+                handle.flush()
+            except OSError:  # a full disk: leave no lock file behind
+                self.path.unlink(missing_ok=True)
+                handle.close()
+                raise
+        self._handle = handle
+        remove_temporary_outputs(self.output)
+
+    def _locked_file(self):
         while True:
             handle = open(self.path, "a+")
             try:
@@ -41,12 +58,8 @@ class OutputLock:
                 raise LockedError(f"another run is writing {self.output} ({_describe(holder)}); wait for it to finish") from None
             # A run that finished between our open and our lock removed the file: lock the new one.
             if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(handle.fileno()).st_ino:
-                break
+                return handle
             handle.close()
-        handle.truncate(0)
-        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
-        handle.flush()
-        self._handle = handle
 
     def release(self) -> None:
         if self._handle is not None:

@@ -1,6 +1,8 @@
 """The prompt template: the one place `run` and `finetune` agree on what the model sees.
 
 A template is plain text with a `{product}` and (optionally) a `{description}` placeholder.
+Other braces are text, with no escapes (`{{` stays `{{`), except that a word in braces is
+refused as a misspelt placeholder.
 The default is the prompt the original AdPulse adapter was trained on. An adapter directory
 written by `finetune` carries its template in `adpulse.json`, so `run --adapter DIR` uses the
 template the adapter learned.
@@ -32,6 +34,9 @@ DEFAULT_TEMPLATE_TEXT = INSTRUCTION + "\n\n### Product and Description:\n{produc
 ADAPTER_METADATA = "adpulse.json"
 
 _PLACEHOLDER = re.compile(r"\{(product|description)\}")
+# A word in braces looks like a placeholder: one that is neither of the two is a misspelt one
+# (`{descripton}`, `{Product}`), which would reach the model as text. Other braces are text.
+_WORD_IN_BRACES = re.compile(r"\{\s*\w+\s*\}")
 # Runs of whitespace, control characters (Unicode category Cc: U+0000-001F, U+007F-009F)
 # and line or paragraph separators (U+2028, U+2029): each run becomes one space.
 _BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -48,6 +53,7 @@ class Template:
     def __post_init__(self):
         if "{product}" not in self.text:
             raise SettingsError("the prompt template has no {product} placeholder; add one where the product goes")
+        _check_placeholders(self.text, "the prompt template")
 
     @classmethod
     def from_file(cls, path: str | Path) -> Template:
@@ -59,6 +65,7 @@ class Template:
             raise SettingsError(f"--template {path}: not UTF-8 text") from None
         if "{product}" not in text:
             raise SettingsError(f"--template {path} has no {{product}} placeholder; add one where the product goes")
+        _check_placeholders(text, f"--template {path}")
         return cls(text)
 
     @property
@@ -88,6 +95,13 @@ class Template:
         instruction = "\n".join(lines[:first]).strip()
         user = "\n".join(line for line in lines[first:] if not line.startswith("###")).strip()
         return ([{"role": "system", "content": instruction}] if instruction else []) + [{"role": "user", "content": user}]
+
+
+def _check_placeholders(text: str, where: str) -> None:
+    unknown = list(dict.fromkeys(m.group() for m in _WORD_IN_BRACES.finditer(text) if not _PLACEHOLDER.fullmatch(m.group())))
+    if unknown:
+        names = "an unknown placeholder" if len(unknown) == 1 else "unknown placeholders"
+        raise SettingsError(f"{where} has {names} {', '.join(unknown)}; the known ones are {{product}} and {{description}}")
 
 
 def field_text(value) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,13 +24,14 @@ from adpulse_batch.catalog import (
     Catalog,
     CatalogWriter,
     catalog_format,
+    catalog_prompt_columns,
     check_writable,
+    check_writable_path,
     default_output_path,
-    find_prompt_columns,
     open_catalog,
 )
 from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_context
-from adpulse_batch.errors import InputError, SettingsError
+from adpulse_batch.errors import InputError, SettingsError, writing
 from adpulse_batch.lock import OutputLock
 from adpulse_batch.engines import engine_class
 from adpulse_batch.model import check_fits, check_model, load_template, load_tokenizer, model_identity, resolve_device
@@ -112,8 +114,10 @@ def prepare(settings: RunSettings) -> Job:
     output_format = catalog_format(output, role="output")
     if output.resolve() == settings.input.resolve():
         raise SettingsError(f"output {output} is the input file; name another with -o/--output")
+    for path, flag in ((output, "-o/--output"), (settings.report, "--report")):
+        check_writable_path(path, flag=flag)  # now, not after the work
     catalog = open_catalog(settings.input, encoding=settings.encoding, limit=settings.limit)
-    product, description = find_prompt_columns(catalog.columns, settings.product_column, settings.description_column)
+    product, description = catalog_prompt_columns(catalog, settings.product_column, settings.description_column)
     check_writable(catalog, output_format)
     for name in [*settings.ad_columns, settings.status_column]:
         if name in catalog.columns:
@@ -159,7 +163,7 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
     if workers.is_main:
         lock.acquire()  # before touching the work directory, which a running job may own
     try:
-        resumed = work.open(_fingerprint(job, context, cache), job.output) if workers.is_main else 0
+        resumed = work.open(_fingerprint(job, context), job.output) if workers.is_main else 0
         workers.barrier()  # nobody reads or writes parts before the work directory is ready
         # One progress bar, in the main process, counting every worker's rows. Log lines
         # (model loading) print above it instead of through it.
@@ -209,18 +213,28 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
         **counts,
     )
     if settings.report is not None:
-        settings.report.parent.mkdir(parents=True, exist_ok=True)
-        settings.report.write_text(json.dumps(summary.report(), indent=2) + "\n", encoding="utf-8")
+        _write_report(settings.report, summary.report())
     return summary
 
 
-def _fingerprint(job: Job, context: str, cache: AdCache | None) -> str:
+def _write_report(path: Path, report: dict) -> None:
+    """Written beside and renamed into place, as the output is: no reader sees half of it."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with writing(path, "check that its directory is writable and has free space, or name another report with --report"):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temp.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            os.replace(temp, path)
+        except OSError:
+            temp.unlink(missing_ok=True)
+            raise
+
+
+def _fingerprint(job: Job, context: str) -> str:
     """What the work directory's results depend on: work of another fingerprint is dropped."""
-    digest = cache.file_digest if cache is not None else file_digest
-    files = job.catalog.files or [job.catalog.path]
     settings = job.settings
     described = {
-        "input": [digest(f) for f in files],
+        "input": job.catalog.content_digest(),
         "context": context,
         "template": job.planner.template.text,
         "columns": [job.planner.product_column, job.planner.description_column],

@@ -3,6 +3,7 @@ messages that name the command-line flag, so a notebook caller gets the same err
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +16,16 @@ DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZE = ("8bit", "4bit")
 # `--description-column none`: the catalog has no description; prompts use the product alone.
 NO_COLUMN = "none"
+
+
+def check_utf8_name(name, flag: str) -> None:
+    """File names go to Arrow, SQLite and JSON, which take UTF-8 only: refuse another name
+    (a byte of a legacy encoding) now, naming it, rather than fail on it mid-run."""
+    try:
+        str(name).encode("utf-8")
+    except UnicodeEncodeError:
+        shown = str(name).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise SettingsError(f"{flag} {shown}: the name is not UTF-8; rename it, or link to it from a UTF-8 name") from None
 
 
 def _at_least(value, minimum, flag: str) -> None:
@@ -46,6 +57,8 @@ class ModelSettings:
             raise SettingsError(f"--device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"--dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
+        for name, flag in ((self.model, "--model"), (self.adapter, "--adapter")):
+            check_utf8_name(name, flag)
         if self.adapter is None and self.model is None:
             raise SettingsError("--adapter none needs --model: without an adapter there is no base model to fall back on")
 
@@ -82,8 +95,8 @@ class GenerationSettings:
         object.__setattr__(self, "banned_words", BannedWords(tuple(self.banned_words)).phrases)
         find_channel(self.channel, max_chars=self.max_chars)  # an unknown name is refused here
         _at_least(self.seed, 0, "--seed")
-        if self.temperature < 0:
-            raise SettingsError(f"--temperature must be 0 (greedy) or more, not {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # NaN too: every comparison with it is false
+            raise SettingsError(f"--temperature must be 0 (greedy) or a finite number above it, not {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise SettingsError(f"--top-p must be above 0 and at most 1, not {self.top_p}")
         if self.num_variants > 1 and self.temperature == 0:
@@ -148,9 +161,11 @@ class RunSettings:
     """In CSV output, an ad starting like a spreadsheet formula gets a leading quote."""
 
     def __post_init__(self):
-        for name in ("input", "output", "template", "report", "work_dir", "cache"):
+        flags = {"input": "input", "output": "-o/--output", "template": "--template", "report": "--report", "work_dir": "--work-dir", "cache": "--cache"}
+        for name, flag in flags.items():
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
+                check_utf8_name(getattr(self, name), flag)
         _at_least(self.batch_size, 1, "--batch-size")
         _at_least(self.max_prompt_tokens, 16, "--max-prompt-tokens")
         _at_least(self.limit, 0, "--limit")
@@ -286,6 +301,8 @@ class FinetuneSettings:
     def __post_init__(self):
         object.__setattr__(self, "data", str(self.data))
         object.__setattr__(self, "output", Path(self.output))
+        for name, flag in ((self.data, "DATA"), (self.output, "-o/--output"), (self.template, "--template")):
+            check_utf8_name(name, flag)
         if self.model.adapter is not None:
             raise SettingsError("finetune trains a new adapter on a base model; it does not take --adapter")
         _at_least(self.max_prompt_tokens, 16, "--max-prompt-tokens")

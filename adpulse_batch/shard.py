@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import heapq
 import os
+import signal
 import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 
+from adpulse_batch.errors import Terminated
 from adpulse_batch.plan import ChunkPlan, PlannedPrompt
 
 
@@ -74,7 +76,15 @@ def launch_workers(args: list[str], num_processes: int) -> int:
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
         "-m", "adpulse_batch", *args,
     ]  # fmt: skip
-    return subprocess.run(command).returncode
+    with subprocess.Popen(command) as launcher:
+        try:
+            return launcher.wait()
+        except KeyboardInterrupt as stop:
+            # Ctrl-C at a terminal reaches every process; a SIGTERM sent to this one alone
+            # (`timeout`, `kill`) is passed on, and the launcher stops its workers with it.
+            launcher.send_signal(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+            launcher.wait()
+            raise
 
 
 def _free_port() -> int:

@@ -10,9 +10,11 @@ so a run of the same job resumes it and any other run starts it over.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -25,13 +27,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from adpulse_batch.catalog import Catalog, CatalogWriter, csv_safe
-from adpulse_batch.errors import AdPulseError, InputError, WorkerError
+from adpulse_batch.errors import AdPulseError, InputError, WorkerError, WriteError, first_line, writing
 from adpulse_batch.plan import TRUNCATED
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 RESUMED = "resumed.json"  # the parts found at the start: the same list for every worker
+
+# What to check when the work directory cannot be written.
+WORK_FIX = "check that its file system is writable and has free space, or name another work directory with --work-dir"
 
 # Where a row's ads came from this run.
 MODEL, CACHE, SKIP = "model", "cache", "skipped"
@@ -102,13 +107,21 @@ class WorkDir:
         found = self.check(output)
         if found is not None and found.get("fingerprint") != fingerprint:
             log.info("%s holds work of another input, model or setting; starting over", self.path)
-            shutil.rmtree(self.path)
+            with writing(self.path, WORK_FIX):
+                shutil.rmtree(self.path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise InputError(f"cannot create the work directory {self.path} ({error.strerror}); name another with --work-dir") from None
         for stale in [*self.path.glob("*.tmp"), *self.path.glob("done-w*.json"), *self.path.glob("failed-w*.json")]:
-            stale.unlink()
+            with writing(stale, WORK_FIX):
+                stale.unlink()
+        for part in self.parts():
+            problem = self._unreadable(part)
+            if problem is not None:
+                log.warning("%s cannot be read (%s); its rows are generated again", part, problem)
+                with writing(part, WORK_FIX):
+                    part.unlink()
         _write_json(manifest, {"fingerprint": fingerprint, "output": str(Path(output).resolve())})
         parts = [p.name for p in self.parts()]
         _write_json(self.path / RESUMED, {"parts": parts})
@@ -116,6 +129,18 @@ class WorkDir:
         if rows:
             log.info("resuming: %d rows are already done in %s", rows, self.path)
         return rows
+
+    def _unreadable(self, part: Path) -> str | None:
+        """Why a part file cannot be used (None when it can). A crash on a file system that
+        does not keep its promises, or a copy gone wrong, can leave one empty or cut short:
+        its rows are redone rather than every rerun failing on it."""
+        if not _PART_NAME.fullmatch(part.name):
+            return "its name is not one adpulse-batch gives parts"
+        try:
+            found = pq.read_table(part, schema=self.schema).num_rows
+        except (OSError, pa.ArrowException) as error:
+            return first_line(error)
+        return None if found == _part_rows(part.name) else f"it holds {found} rows, its name says {_part_rows(part.name)}"
 
     # --- in every worker ---
 
@@ -135,10 +160,15 @@ class WorkDir:
         table = pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema)
         path = self.path / f"part-{chunk_start:012d}-w{rank:04d}-n{len(results.rows)}-{uuid.uuid4().hex[:8]}.parquet"
         temp = path.with_suffix(".tmp")
-        pq.write_table(table, temp)
-        with open(temp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        with writing(path, WORK_FIX):
+            try:
+                pq.write_table(table, temp)
+                with open(temp, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.replace(temp, path)
+            except OSError:
+                temp.unlink(missing_ok=True)
+                raise
         return path
 
     def committed_rows(self, *, other_than: int) -> int:
@@ -153,8 +183,9 @@ class WorkDir:
         """Leave word of why this worker stopped: the launcher only sees an exit code."""
         user_error = isinstance(error, AdPulseError)
         message = str(error) if user_error else f"{type(error).__name__}: {error}"
-        exit_code = error.exit_code if user_error else 130 if isinstance(error, KeyboardInterrupt) else 1
-        _write_json(self.path / f"failed-w{rank:04d}.json", {"rank": rank, "error": message, "exit_code": exit_code})
+        exit_code = error.exit_code if user_error else getattr(error, "exit_code", 130) if isinstance(error, KeyboardInterrupt) else 1
+        with contextlib.suppress(WriteError):  # on a full disk, the error at hand matters more than its record
+            _write_json(self.path / f"failed-w{rank:04d}.json", {"rank": rank, "error": message, "exit_code": exit_code})
 
     # --- after the workers (main process) ---
 
@@ -235,11 +266,16 @@ def assemble(catalog: Catalog, work: WorkDir, writer: CatalogWriter, ad_columns:
 
 def _write_json(path: Path, data: dict) -> None:
     temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(data))
-    os.replace(temp, path)
+    with writing(path, WORK_FIX):
+        with open(temp, "w", encoding="utf-8") as handle:
+            handle.write(json.dumps(data))
+            handle.flush()
+            os.fsync(handle.fileno())  # a manifest cut short by a crash would disown the work
+        os.replace(temp, path)
 
 
 # part-<chunk start>-w<worker>-n<rows>-<random>.parquet
+_PART_NAME = re.compile(r"part-\d+-w\d+-n\d+-[0-9a-f]+\.parquet")
 
 
 def _part_chunk(name: str) -> int:

@@ -15,7 +15,7 @@ from adpulse_batch.catalog import (
     find_column,
     open_catalog,
 )
-from adpulse_batch.errors import InputError
+from adpulse_batch.errors import InputError, WriteError
 from conftest import assert_same_table, read_csv, write_csv
 
 
@@ -190,3 +190,66 @@ def test_find_column():
     assert find_column(["price"], None, PRODUCT_NAMES, role="product", flag="--product-column") is None
     with pytest.raises(InputError, match="--product-column 'nope' is not a column of the input; its columns are: 'SKU'"):
         find_column(columns, "nope", PRODUCT_NAMES, role="product", flag="--product-column")
+
+
+def test_content_digest_is_of_every_byte(tmp_path):
+    import hashlib
+
+    source = write_csv(tmp_path / "in.csv", ["name"], [[f"p{i}"] for i in range(9000)])
+    whole = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert open_catalog(source).content_digest() == whole
+    assert open_catalog(source, limit=2).content_digest() == whole  # a limit reads less, hashes all
+    (tmp_path / "in.jsonl").write_text('{"name": "Mug"}\n', encoding="utf-8")
+    assert open_catalog(tmp_path / "in.jsonl").content_digest() == hashlib.sha256(b'{"name": "Mug"}\n').hexdigest()
+    data = tmp_path / "shop"
+    data.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"name": [f"p{i}"]}), data / f"part-{i}.parquet")
+    before = open_catalog(data).content_digest()
+    pq.write_table(pa.table({"name": ["p9"]}), data / "part-1.parquet")
+    assert open_catalog(data).content_digest() != before
+
+
+def test_jsonl_integers_past_64_bits_stay_exact(tmp_path):
+    ids = [12345678901234567890, -5, None, 10**37]
+    (tmp_path / "in.jsonl").write_text("".join(f'{{"id": {"null" if i is None else i}, "name": "Mug"}}\n' for i in ids))
+    copy_catalog(tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+    assert [json.loads(line)["id"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == ids
+    copy_catalog(tmp_path / "in.jsonl", tmp_path / "out.csv")
+    assert [row[0] for row in read_csv(tmp_path / "out.csv")[1]] == ["12345678901234567890", "-5", "", str(10**37)]
+    copy_catalog(tmp_path / "in.jsonl", tmp_path / "out.parquet")
+    column = pq.read_table(tmp_path / "out.parquet").column("id")
+    assert column.type == pa.decimal128(38, 0) and column.to_pylist() == [None if i is None else decimal.Decimal(i) for i in ids]
+    (tmp_path / "in.jsonl").write_text('{"id": 1.5, "name": "Mug"}\n{"id": 123456789012345678901, "name": "Pen"}\n')
+    with pytest.raises(InputError, match="the key 'id' holds values Arrow cannot type .*; write a .jsonl output"):
+        copy_catalog(tmp_path / "in.jsonl", tmp_path / "out.csv")
+
+
+def test_json_text_is_strict_and_bytes_are_text_everywhere(tmp_path):
+    table = pa.table({
+        "name": ["Mug", "Pen"],
+        "weight": [float("nan"), float("inf")],
+        "sizes": [[1.0, float("-inf")], None],
+        "raw": pa.array([b"\xff\xfeok", "caf\u00e9".encode()], pa.binary()),
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "in.parquet")
+    copy_catalog(tmp_path / "in.parquet", tmp_path / "out.jsonl")
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} is not JSON")
+
+    lines = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [(r["weight"], r["sizes"], r["raw"]) for r in lines] == [(None, [1.0, None], "\\xff\\xfeok"), (None, None, "café")]
+    copy_catalog(tmp_path / "in.parquet", tmp_path / "out.csv")
+    assert [row[1:4] for row in read_csv(tmp_path / "out.csv")[1]] == [["nan", "[1.0, null]", "\\xff\\xfeok"], ["inf", "", "café"]]
+
+
+def test_a_commit_that_fails_leaves_no_file(tmp_path):
+    source = write_csv(tmp_path / "in.csv", ["name"], [["Mug"]])
+    catalog = open_catalog(source)
+    writer = CatalogWriter(tmp_path / "out.csv", catalog, ["ad"])
+    writer.write(next(catalog.chunks()), {"ad": ["x"]})
+    (tmp_path / "out.csv").mkdir()  # something took the output's place meanwhile
+    with pytest.raises(WriteError, match=r"cannot write .*out\.csv \(Is a directory\); check that its directory"):
+        writer.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "out.csv"]

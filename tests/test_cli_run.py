@@ -151,6 +151,8 @@ def test_jsonl_round_trip(run_ads, tmp_path):
         (["--batch-size", "0"], "Error: --batch-size must be at least 1, not 0"),
         (["--num-variants", "2"], "Error: --num-variants 2 needs --temperature above 0"),
         (["--top-p", "0"], "Error: --top-p must be above 0 and at most 1, not 0.0"),
+        (["--temperature", "nan"], "Error: --temperature must be 0 (greedy) or a finite number above it, not nan"),
+        (["--temperature", "inf"], "Error: --temperature must be 0 (greedy) or a finite number above it, not inf"),
         (["--max-prompt-tokens", "20"], "Error: --max-prompt-tokens 20 is less than the template alone needs"),
         (["--device", "tpu"], "Error: Invalid value for '--device': 'tpu' is not one of 'auto', 'cpu', 'cuda'."),
         (["-o", "out.txt"], "Error: output out.txt has the suffix '.txt'; use one of .csv, .parquet, .jsonl"),
@@ -185,6 +187,32 @@ def test_bad_input_is_one_line_exit_2_and_no_output(run_ads, tmp_path, name, con
     assert message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_an_empty_jsonl_is_a_catalog_of_no_rows(run_ads, tmp_path, suffix):
+    # A night with no new products writes an empty output, as a header-only CSV does.
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n")
+    result = run_ads(source, "-o", tmp_path / f"out{suffix}")
+    assert (result.exit_code, result.stderr) == (0, "")
+    if suffix == ".parquet":
+        out = pq.read_table(tmp_path / "out.parquet")
+        assert (out.column_names, out.num_rows) == (["ad_copy", "ad_status"], 0)
+    else:
+        assert (tmp_path / f"out{suffix}").read_bytes() == (b"" if suffix == ".jsonl" else b"ad_copy,ad_status\r\n")
+
+
+def test_an_output_that_is_a_link_writes_the_file_it_points_to(run_ads, tmp_path):
+    (tmp_path / "shared").mkdir()
+    link = tmp_path / "latest.csv"
+    link.symlink_to(tmp_path / "shared" / "ads.csv")
+    for _ in range(2):  # the first run makes the file, the second replaces it
+        assert run_ads(SAMPLE_CSV, "-o", link, "--limit", 3).exit_code == 0
+        assert link.is_symlink() and link.resolve() == tmp_path / "shared" / "ads.csv"
+        assert len(read_csv(link)[1]) == 3
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["ads.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "xdg-cache") == ["latest.csv", "shared"]
 
 
 def test_output_over_input_is_refused(run_ads, tmp_path):

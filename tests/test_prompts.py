@@ -31,6 +31,19 @@ def test_template_needs_a_product_placeholder(tmp_path):
     assert Template.from_file(path).render("Mug", "blue") == "Ad for Mug (blue):\n"
 
 
+def test_a_misspelt_placeholder_is_refused(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("Ad for {product}: {descripton}\n")
+    with pytest.raises(SettingsError) as refused:
+        Template.from_file(path)
+    assert str(refused.value) == f"--template {path} has an unknown placeholder {{descripton}}; the known ones are {{product}} and {{description}}"
+    with pytest.raises(SettingsError, match=r"unknown placeholders \{Product\}, \{ description \}, \{0\}; the known"):
+        Template("{product} {Product} { description } {0}")
+    # Other braces are text, sent as they are; there are no escapes.
+    text = 'Ad for {product} as JSON {"ad": "..."} or {{ }} {} {{description}}'
+    assert Template(text).render("Mug", "blue") == 'Ad for Mug as JSON {"ad": "..."} or {{ }} {} {blue}'
+
+
 @pytest.mark.parametrize(
     "value, text",
     [

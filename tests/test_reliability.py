@@ -3,10 +3,6 @@ CSV formula safety, job files, JSON logs."""
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 import tomllib
 
 import pytest
@@ -177,34 +173,6 @@ def test_output_directory_is_made_and_an_unusable_cache_is_skipped(run_ads, test
     assert folder.is_dir() and not list(tmp_path.glob("folder.corrupt-*"))
 
 
-def test_a_killed_run_resumes_where_it_stopped(test_model, tmp_path):
-    _, adapter = test_model
-    # Long enough that the kill lands well before the end even on a busy machine.
-    source = catalog(tmp_path / "in.csv", rows=300)
-    args = [sys.executable, "-m", "adpulse_batch", "run", str(source), "--adapter", str(adapter),
-            "--max-new-tokens", "32", "--batch-size", "8", "--no-cache", "--quiet"]  # fmt: skip
-    env = {**os.environ, "ADPULSE_COMMIT_SECONDS": "0.5"}
-    subprocess.run([*args, "-o", str(tmp_path / "whole.csv")], check=True, env=env)
-
-    out = tmp_path / "out.csv"
-    work = tmp_path / ".out.csv.adpulse-work"
-    process = subprocess.Popen([*args, "-o", str(out)], env=env)
-    deadline = time.monotonic() + 120
-    while not list(work.glob("part-*.parquet")):  # some batches committed
-        assert process.poll() is None and time.monotonic() < deadline, "the run ended before committing anything"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not out.exists()
-
-    done = subprocess.run([*args, "-o", str(out), "--report", str(tmp_path / "r.json")], env=env)
-    assert done.returncode == 0
-    r = report(tmp_path / "r.json")
-    assert r["rows_resumed"] > 0 and r["rows_generated"] > 0
-    assert r["rows_resumed"] + r["rows_generated"] + r["rows_skipped"] == 300
-    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
-
-
 def test_a_second_run_on_the_same_output_exits_3(run_ads, tmp_path):
     source = catalog(tmp_path / "in.csv", rows=3)
     out = tmp_path / "out.csv"
@@ -258,6 +226,25 @@ def test_job_file(run_cli, test_model, tmp_path, monkeypatch):
     assert "'batchsize' is not a run option" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("limit = 2020-01-01", "'limit' must be an integer, not 2020-01-01"),
+        ("limit = 3.7", "'limit' must be an integer, not 3.7"),  # not 3 rows
+        ("limit = true", "'limit' must be an integer, not true"),  # not 1 row
+        ('quiet = "yes"', "'quiet' must be true or false, not \"yes\""),
+        ('temperature = "hot"', "'temperature' must be a number, not \"hot\""),
+        ('output = ["a.csv"]', "'output' must be a string, not an array"),
+    ],
+)
+def test_job_file_values_of_the_wrong_type(run_cli, tmp_path, line, message):
+    job = tmp_path / "job.toml"
+    job.write_text(f'input = "in.csv"\n{line}\n')
+    result = run_cli("run", "--job", job)
+    # CliRunner names the program `cli`.
+    assert (result.exit_code, result.stderr) == (2, f"Error: Invalid value for '--job': {job}: {message} (see 'cli run --help')\n")
+
+
 def test_example_job_files_are_valid():
     options = tomllib.loads((REPO / "jobs" / "nightly.toml").read_text())
     run_options = {p.name for p in cli.commands["run"].params}
@@ -276,3 +263,82 @@ def test_json_logs(run_cli, test_model, tmp_path):
     result = run_cli("run", tmp_path / "missing.csv", "--log-format", "json")
     assert result.exit_code == 2
     assert json.loads(result.stderr) == {"level": "error", "message": f"input {tmp_path / 'missing.csv'} does not exist", "exit_code": 2}
+
+
+def test_work_of_an_input_edited_in_place_is_not_resumed(run_ads, tmp_path):
+    # Same size, same modification time, other bytes: a (path, size, time) memo cannot tell.
+    source = catalog(tmp_path / "in.csv", rows=6)
+    out = tmp_path / "out.csv"
+    assert run_ads(source, "-o", out, "--keep-work").exit_code == 0
+    stat = source.stat()
+    edited = source.read_bytes().replace(b"Harem pants 0", b"Denim pants 0")
+    assert len(edited) == stat.st_size and edited != source.read_bytes()
+    source.write_bytes(edited)
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    result = run_ads(source, "-o", out, "--keep-work", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    r = report(tmp_path / "r.json")
+    assert (r["rows_resumed"], r["rows_from_cache"], r["rows_generated"]) == (0, 5, 1)
+    assert run_ads(source, "-o", tmp_path / "fresh.csv", "--no-cache").exit_code == 0
+    assert out.read_bytes() == (tmp_path / "fresh.csv").read_bytes()
+
+
+def test_a_cache_entry_that_does_not_parse_is_a_miss(run_ads, tmp_path):
+    import sqlite3
+
+    source = catalog(tmp_path / "in.csv", rows=8)
+    cache = tmp_path / "ads.sqlite"
+    assert run_ads(source, "-o", tmp_path / "a.csv", "--cache", cache).exit_code == 0
+    damaged = ['{"ads": ["x"]}', "[1, 2]", "not json", '{"ads": "text", "truncated": false}', '{"ads": [7], "truncated": false}']
+    with sqlite3.connect(cache) as db:
+        keys = [key for (key,) in db.execute("SELECT key FROM ads ORDER BY key LIMIT ?", (len(damaged),))]
+        db.executemany("UPDATE ads SET ads = ? WHERE key = ?", list(zip(damaged, keys)))
+    db.close()
+    result = run_ads(source, "-o", tmp_path / "b.csv", "--cache", cache, "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == f"adpulse-batch: the ad cache {cache} has 5 entries that do not parse; their ads are generated again\n"
+    assert (report(tmp_path / "r.json")["rows_generated"], report(tmp_path / "r.json")["rows_from_cache"]) == (5, 3)
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+    # The ads generated again replaced the damaged entries.
+    assert run_ads(source, "-o", tmp_path / "c.csv", "--cache", cache, "--report", tmp_path / "r.json").stderr == ""
+    assert report(tmp_path / "r.json")["rows_from_cache"] == 8
+
+
+def test_a_part_file_that_cannot_be_read_is_redone(run_ads, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=6)
+    out = tmp_path / "out.csv"
+    work = tmp_path / ".out.csv.adpulse-work"
+    assert run_ads(source, "-o", out, "--no-cache", "--keep-work").exit_code == 0
+    first = out.read_bytes()
+    (part,) = work.glob("part-*.parquet")
+    part.write_bytes(b"")  # what a crash on a file system that skips fsync can leave
+    (work / "part-000000000000-w0000-n2-0123abcd.parquet").write_bytes(b"PAR1 cut short")
+    (work / "part-of-something-else.parquet").write_bytes(b"")
+    result = run_ads(source, "-o", out, "--no-cache", "--keep-work", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    warnings = result.stderr.splitlines()
+    assert len(warnings) == 3 and all(w.startswith(f"adpulse-batch: {work}/part-") for w in warnings)
+    assert all(w.endswith("; its rows are generated again") for w in warnings)
+    assert "part-of-something-else.parquet cannot be read (its name is not one adpulse-batch gives parts)" in warnings[2]
+    assert (report(tmp_path / "r.json")["rows_resumed"], report(tmp_path / "r.json")["rows_generated"]) == (0, 6)
+    assert out.read_bytes() == first
+
+
+def test_every_error_is_one_json_object_with_json_logs(run_cli, tmp_path):
+    source = catalog(tmp_path / "in.csv", rows=2)
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text('name,description\n"Mug,Blue\n')
+    job = tmp_path / "job.toml"
+    job.write_text('log-format = "json"\nlimit = 3.7\n')  # its own error follows its log format
+    for args, env in [
+        ([source, "--log-format", "json", "--batch-size", "many"], None),  # parsing a flag
+        ([source, "--batch-size", "many"], {"ADPULSE_LOG_FORMAT": "json"}),
+        ([source, "--job", job], None),
+        ([unclosed, "--log-format=json"], None),  # reading the input
+        ([source, "-o", tmp_path, "--log-format", "json"], None),  # checking the output
+        ([source, "--temperature", "nan", "--log-format", "json"], None),  # checking settings
+    ]:
+        result = run_cli("run", *args, env=env)
+        (line,) = result.stderr.splitlines()
+        entry = json.loads(line)
+        assert (entry["level"], entry["exit_code"], result.exit_code) == ("error", 2, 2), line
