@@ -27,16 +27,29 @@ log = logging.getLogger(__name__)
 
 # Raise when a release changes what the same key would produce (generation, cleaning) or
 # how an entry is stored.
-GENERATION_VERSION = 3
+GENERATION_VERSION = 4
 
 
 @dataclass(frozen=True)
 class CachedAd:
-    """What the cache holds for a prompt: its ads (one per variant), and whether the prompt
-    was cut to fit the token limit (the rows' status)."""
+    """What the cache holds for a prompt: its ads (one per variant), whether the prompt was
+    cut to fit the token limit (the rows' status), and per ad the flags fitting it to its
+    channel raised (`too-long`, `emoji`; comma-separated, "" for none)."""
 
     ads: list[str]
     truncated: bool
+    flags: list[str]
+
+    @classmethod
+    def parse(cls, entry: str) -> CachedAd | None:
+        """The entry stored as JSON; None when it does not parse or its fields are not what
+        they must be (a damaged file, a hand edit)."""
+        try:
+            ad = cls(**json.loads(entry))
+        except (TypeError, ValueError):  # not JSON, not an object, other fields
+            return None
+        texts_ok = all(isinstance(value, list) and len(value) == len(ad.ads) and all(isinstance(t, str) for t in value) for value in (ad.ads, ad.flags))
+        return ad if ad.ads and texts_ok and isinstance(ad.truncated, bool) else None
 
 
 def default_cache_path() -> Path:
@@ -121,12 +134,8 @@ class AdCache:
                 part = keys[first : first + 500]
                 query = f"SELECT key, ads FROM ads WHERE key IN ({','.join('?' * len(part))})"
                 for key, entry in self._db.execute(query, part):
-                    try:
-                        ad = CachedAd(**json.loads(entry))
-                    except (TypeError, ValueError):  # not JSON, not an object, other fields
-                        ad = None
-                    if ad is None or not (isinstance(ad.ads, list) and ad.ads and all(isinstance(text, str) for text in ad.ads)
-                                          and isinstance(ad.truncated, bool)):  # fmt: skip
+                    ad = CachedAd.parse(entry)
+                    if ad is None:
                         damaged += 1
                     else:
                         found[key] = ad

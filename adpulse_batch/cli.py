@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from adpulse_batch import __version__
+from adpulse_batch.channels import CHANNELS
 from adpulse_batch.engines import ENGINES
 from adpulse_batch.errors import AdPulseError, Terminated
 from adpulse_batch.families import FAMILIES
@@ -129,15 +130,20 @@ def model_options(command):
         type=click.Choice(list(ENGINES)),
         default="torch",
         show_default=True,
-        help="What generates: torch (our batched decoding over transformers, CPU or one GPU). Env: ADPULSE_ENGINE.",
+        help="What generates: torch (our batched decoding over transformers, CPU or one GPU per worker) or vllm "
+        "(vLLM's offline engine; an extra). Env: ADPULSE_ENGINE.",
     )
+    @click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help="--engine vllm: share of each GPU's memory vLLM may take.")
+    @click.option("--max-num-seqs", type=int, default=256, show_default=True, help="--engine vllm: most sequences it runs at once.")
+    @click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="--engine vllm: GPUs one model is split across (a model too large for one).")
     @device_options
     @functools.wraps(command)
-    def wrapper(*args, model, adapter, engine, device, dtype, **kwargs):
-        from adpulse_batch.settings import ModelSettings
+    def wrapper(*args, model, adapter, engine, gpu_memory_utilization, max_num_seqs, tensor_parallel_size, device, dtype, **kwargs):
+        from adpulse_batch.settings import ModelSettings, VllmSettings
 
         adapter = None if adapter is None or adapter.lower() == "none" else adapter
-        settings = ModelSettings(model=model, adapter=adapter, device=device, dtype=dtype, engine=engine)
+        vllm = VllmSettings(gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size)
+        settings = ModelSettings(model=model, adapter=adapter, device=device, dtype=dtype, engine=engine, vllm=vllm)
         return command(*args, model_settings=settings, **kwargs)
 
     return wrapper
@@ -221,7 +227,7 @@ def load_job(ctx: click.Context, param: click.Parameter, value: Path | None) -> 
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
 
 
-JOB_PATHS = {"input", "output", "template", "report", "work_dir", "cache"}
+JOB_PATHS = {"input", "output", "template", "report", "html_report", "banned_words", "work_dir", "cache"}
 
 
 def _job_value_type(param: click.Parameter, setting) -> str | None:
@@ -257,25 +263,30 @@ def _toml_text(setting) -> str:
 @column_options
 @click.option("--ad-column", default="ad_copy", show_default=True, help="Name of the new ad column (<name>_1..<name>_K with --num-variants K).")
 @click.option("--status-column", default="ad_status", show_default=True, help="Name of the new status column.")
+@click.option("--flags-column", default="ad_flags", show_default=True, help="Name of the new column of quality flags (<name>_1..<name>_K with --num-variants K).")
+@click.option("--no-flags", is_flag=True, help="Leave the quality flags column out.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of CSV and JSONL input.")
 @click.option("--limit", type=int, metavar="N", help="Process only the first N rows (to try a setting on a big file).")
 @model_options
 @click.option("--template", type=click.Path(path_type=Path), metavar="FILE", help="Prompt template file with {product} and {description}. Default: the adapter's own, else the AdPulse prompt.")
 @chat_option
-@click.option("--batch-size", type=int, default=32, show_default=True, help="Rows generated together.")
+@click.option("--batch-size", type=int, help="Requests generated together.  [default: 32 with --engine torch, 1024 with vllm]")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Most tokens per ad.")
 @click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts have their description cut to fit (status 'ok: input truncated').")
 @click.option("--num-variants", type=int, default=1, show_default=True, help="Ads per product (needs --temperature above 0).")
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0: greedy. Above 0: sampled.")
 @click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling threshold.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for sampled ads (per row and variant, so reruns repeat).")
-@click.option("--max-chars", type=int, metavar="N", help="Cut each ad to at most N characters, at a word boundary.")
+@click.option("--channel", type=click.Choice(list(CHANNELS)), help="Where the ads go: fit each to the channel's length (and emoji rule).")
+@click.option("--max-chars", type=int, metavar="N", help="Fit each ad to at most N characters (overrides the --channel limit).")
+@click.option("--banned-words", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", help="A file of words and phrases (one a line) the model may not write; flagged banned-word if one still appears.")
 @click.option("--cache", type=click.Path(path_type=Path, dir_okay=False), metavar="PATH", help="The ad cache file. Default: ~/.cache/adpulse-batch/ads.sqlite.")
 @click.option("--no-cache", is_flag=True, help="Neither look ads up in the cache nor store them there.")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), metavar="DIR", help="Where results are committed as they come, for a rerun to resume. Default: .<output>.adpulse-work beside the output.")
 @click.option("--keep-work", is_flag=True, help="Keep the work directory after a successful run.")
 @click.option("--no-csv-safe", is_flag=True, help="Write ads to CSV as they are, even when they start like a spreadsheet formula.")
 @click.option("--report", type=click.Path(path_type=Path), metavar="PATH", help="Write a JSON report of the run here.")
+@click.option("--html-report", type=click.Path(path_type=Path), metavar="PATH", help="Write a self-contained HTML page of the run's counts, ad lengths and a sample of rows here.")
 @click.option(
     "--num-processes",
     default="1",
@@ -287,21 +298,24 @@ def _toml_text(setting) -> str:
               help="json: log lines, errors and the summary as JSON objects, one per line (for log shippers). Env: ADPULSE_LOG_FORMAT.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no log lines, no summary.")
 @click.pass_context
-def run(ctx, input, output, product_column, description_column, ad_column, status_column, encoding, limit, model_settings,
-        template, chat, batch_size, max_new_tokens, max_prompt_tokens, num_variants, temperature, top_p, seed, max_chars,
-        cache, no_cache, work_dir, keep_work, no_csv_safe, report, num_processes, log_format, quiet):
+def run(ctx, input, output, product_column, description_column, ad_column, status_column, flags_column, no_flags, encoding,
+        limit, model_settings, template, chat, batch_size, max_new_tokens, max_prompt_tokens, num_variants, temperature, top_p,
+        seed, channel, max_chars, banned_words, cache, no_cache, work_dir, keep_work, no_csv_safe, report, html_report,
+        num_processes, log_format, quiet):
     """Write an ad for every product of a catalog.
 
     INPUT is a .csv, .parquet or .jsonl catalog, or a directory of Parquet files. The output
-    has every input row once, in order, unchanged, plus the ad and status columns.
+    has every input row once, in order, unchanged, plus the ad, status and flags columns.
     Exit codes: 0 done, 2 bad input or usage, 3 another run is writing the output, 1 anything else.
 
     \b
     Examples:
         adpulse-batch run catalog.parquet
         adpulse-batch run catalog.csv -o ads.csv --adapter adapters/mine --limit 20
+        adpulse-batch run catalog.csv --channel google-ads-headline --banned-words banned.txt --html-report ads.html
         adpulse-batch run --job jobs/nightly.toml
     """
+    from adpulse_batch.banned import load_banned_words
     from adpulse_batch.settings import GenerationSettings, RunSettings
 
     _setup_logging(quiet, log_format)
@@ -316,6 +330,7 @@ def run(ctx, input, output, product_column, description_column, ad_column, statu
         description_column=description_column,
         ad_column=ad_column,
         status_column=status_column,
+        flags_column=None if no_flags else flags_column,
         encoding=encoding,
         limit=limit,
         template=template,
@@ -328,10 +343,13 @@ def run(ctx, input, output, product_column, description_column, ad_column, statu
             top_p=top_p,
             seed=seed,
             max_chars=max_chars,
+            channel=channel,
+            banned_words=load_banned_words(banned_words).phrases if banned_words is not None else (),
         ),
         batch_size=batch_size,
         max_prompt_tokens=max_prompt_tokens,
         report=report,
+        html_report=html_report,
         work_dir=work_dir,
         keep_work=keep_work,
         cache=cache,

@@ -21,19 +21,19 @@ class Family:
     lora_target_modules: tuple[str, ...]
     """finetune's default --lora-target-modules: PEFT's default for the family (PEFT has none for
     phi3, whose attention is one fused qkv_proj)."""
-    example: str
-    """A Hub model of the family, for the README and error messages."""
+    vllm_lora: bool = True
+    """vLLM applies LoRA adapters to it (it has none for BLOOM: the adapter is merged first)."""
 
 
 FAMILIES: dict[str, Family] = {
-    "bloom": Family("bloom", ("query_key_value",), "bigscience/bloom-1b7"),
-    "llama": Family("rope", ("q_proj", "v_proj"), "meta-llama/Llama-3.2-1B"),
-    "mistral": Family("rope", ("q_proj", "v_proj"), "mistralai/Mistral-7B-Instruct-v0.3"),
-    "qwen2": Family("rope", ("q_proj", "v_proj"), "Qwen/Qwen2.5-1.5B-Instruct"),
-    "qwen3": Family("rope", ("q_proj", "v_proj"), "Qwen/Qwen3-1.7B"),
-    "gemma": Family("rope", ("q_proj", "v_proj"), "google/gemma-2b"),
-    "gemma2": Family("rope", ("q_proj", "v_proj"), "google/gemma-2-2b-it"),
-    "phi3": Family("rope", ("qkv_proj",), "microsoft/Phi-3-mini-4k-instruct"),
+    "bloom": Family("bloom", ("query_key_value",), vllm_lora=False),
+    "llama": Family("rope", ("q_proj", "v_proj")),
+    "mistral": Family("rope", ("q_proj", "v_proj")),
+    "qwen2": Family("rope", ("q_proj", "v_proj")),
+    "qwen3": Family("rope", ("q_proj", "v_proj")),
+    "gemma": Family("rope", ("q_proj", "v_proj")),
+    "gemma2": Family("rope", ("q_proj", "v_proj")),
+    "phi3": Family("rope", ("qkv_proj",)),
 }
 
 

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from adpulse_batch.banned import WORD, BannedWords
+from adpulse_batch.duplicates import DuplicateAds
 from adpulse_batch.graphemes import has_emoji
 from adpulse_batch.wordlists import COLOUR_GROUPS, NOT_ALONE, NUMBER_WORDS, PERCENT_WORDS, TITLE_CASE_WORDS
 
@@ -387,3 +388,29 @@ def _capitalises_every_word(tokens: list[str]) -> bool:
 
 def _is_shouted(word: str) -> bool:
     return len(word) >= 4 and word.isupper() and word.isalpha()
+
+
+class AdFlagger:
+    """The flags of the ads of a run: every ad registers first (for `duplicate`, which
+    compares the ads of all rows), then each gets its flags, from its row's cells and what
+    fitting it to its channel raised. Without `duplicates`, nothing registers and no ad is
+    a duplicate (a batch function sees only its batch)."""
+
+    def __init__(self, rules: FlagRules, variants: int = 1, *, duplicates: bool = True):
+        self.rules = rules
+        self.duplicates = [DuplicateAds() for _ in range(variants)] if duplicates else None
+
+    def register(self, row: int, variant: int, ad: str, product: str, description: str) -> None:
+        self.duplicates[variant].add(row, ad, product, description)
+
+    def flags(self, row: int, variant: int, cells: Mapping | Iterable, ad: str, fit: str) -> str:
+        """The flags of one registered ad, comma-separated; `fit`: the comma-separated flags
+        fitting it raised (`too-long`, `emoji`). An empty ad has none (its status says why)."""
+        if not ad:
+            return ""
+        raised = fit.split(",")
+        found = flag_ad(
+            self.rules, cells, ad, cut="too-long" in raised, emoji_removed="emoji" in raised,
+            duplicate=self.duplicates is not None and self.duplicates[variant].is_duplicate(row),
+        )  # fmt: skip
+        return ",".join(found)

@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from adpulse_batch.banned import BannedWords
 from adpulse_batch.catalog import Chunk, find_prompt_columns
+from adpulse_batch.engines import engine_class
 from adpulse_batch.errors import InputError
+from adpulse_batch.flags import AdFlagger, FlagRules
 from adpulse_batch.model import check_fits, check_model, load_template, load_tokenizer, resolve_device
 from adpulse_batch.plan import SKIPPED, Planner, encode_prompts, status_of
 from adpulse_batch.prompts import PromptBuilder
@@ -37,7 +40,8 @@ class AdWriter:
         description_column: str | None = None,
         ad_column: str = "ad_copy",
         status_column: str = "ad_status",
-        batch_size: int = 32,
+        flags_column: str | None = "ad_flags",
+        batch_size: int | None = None,
         max_prompt_tokens: int = 256,
         chat: bool | None = None,
     ):
@@ -46,7 +50,10 @@ class AdWriter:
         self.product_column, self.description_column = product_column, description_column
         self.status_column = status_column
         self.ad_columns = ad_column_names(ad_column, self.generation.num_variants)
-        self.batch_size = batch_size
+        self.flags_columns = ad_column_names(flags_column, self.generation.num_variants) if flags_column is not None else []
+        channel = self.generation.target_channel
+        self.rules = FlagRules(BannedWords(self.generation.banned_words), forbid_emoji=channel is not None and not channel.allows_emoji)
+        self.batch_size = batch_size or engine_class(self.model.engine).batch_size
         self.template = load_template(self.model, None, chat)
         check_model(self.model)
         check_fits(self.model, max_prompt_tokens=max_prompt_tokens, max_new_tokens=self.generation.max_new_tokens)
@@ -55,11 +62,13 @@ class AdWriter:
         self._generator = None
 
     def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """`frame` with the ad and status columns added (a new DataFrame; same index and rows)."""
+        """`frame` with the ad, status and flags columns added (a new DataFrame; same index and rows)."""
         columns = [str(c) for c in frame.columns]
-        for name in [*self.ad_columns, self.status_column]:
+        for name in [*self.ad_columns, self.status_column, *self.flags_columns]:
             if name in columns:
-                raise InputError(f"the DataFrame already has a column named {name!r}; choose another ad_column or status_column")
+                raise InputError(
+                    f"the DataFrame already has a column named {name!r}; choose another ad_column, status_column or flags_column"
+                )
         product, description = find_prompt_columns(
             columns, self.product_column, self.description_column, flags=("product_column", "description_column")
         )
@@ -70,6 +79,7 @@ class AdWriter:
         encode_prompts(self.builder, plan.prompts)
 
         ads = [[""] * len(self.ad_columns) for _ in range(len(frame))]
+        fits = [[""] * len(self.ad_columns) for _ in range(len(frame))]
         status = [""] * len(frame)
         for row, reason in plan.skipped.items():
             status[row] = SKIPPED.format(reason)
@@ -78,10 +88,24 @@ class AdWriter:
             for planned, variants in zip(plan.prompts, generations):
                 for row in planned.rows:
                     ads[row] = [g.text for g in variants]
-                    status[row] = status_of(planned.prompt.truncated)
+                    fits[row] = [",".join(g.flags) for g in variants]
+                    status[row] = status_of(planned.prompt.truncated, [g.text for g in variants])
         new = {name: [a[k] for a in ads] for k, name in enumerate(self.ad_columns)}
         new[self.status_column] = status
+        if self.flags_columns:
+            new.update(zip(self.flags_columns, self._flags(frame, plan, ads, fits)))
         return frame.assign(**{name: pd.Series(values, index=frame.index) for name, values in new.items()})
+
+    def _flags(self, frame: pd.DataFrame, plan, ads: list[list[str]], fits: list[list[str]]) -> list[list[str]]:
+        """Each variant's flags column, every cell of the row checked. `duplicate` is left
+        out: it compares the ads of a whole run, and a batch function sees one batch (so a
+        row's flags do not depend on how the rows were cut into batches)."""
+        flagger = AdFlagger(self.rules, len(self.ad_columns), duplicates=False)
+        records = frame.to_dict("records")
+        return [
+            [flagger.flags(row, k, records[row], ads[row][k], fits[row][k]) if row not in plan.skipped else "" for row in range(len(frame))]
+            for k in range(len(self.ad_columns))
+        ]
 
     def _generator_for(self):
         if self._generator is None:

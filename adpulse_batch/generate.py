@@ -16,9 +16,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from adpulse_batch.engines import Decoding, Engine, Request, engine_class
 from adpulse_batch.banned import BannedWords
 from adpulse_batch.channels import fit_ad
+from adpulse_batch.engines import Decoding, Engine, Request, engine_class
 from adpulse_batch.prompts import Prompt, PromptBuilder, one_line
 from adpulse_batch.settings import GenerationSettings, ModelSettings
 
@@ -65,9 +65,10 @@ class StopRule:
                 return tokens[: i + 1], "stop"
         return tokens, "length"
 
-    def decoding(self, settings: GenerationSettings, blocked: Callable[[list[int]], frozenset[int]] | None = None) -> Decoding:
+    def decoding(self, settings: GenerationSettings, *, max_prompt_tokens: int, blocked: Callable[[list[int]], frozenset[int]] | None = None) -> Decoding:
         """What an engine is told for a job with `settings` (and banned words, `blocked`)."""
         return Decoding(
+            max_prompt_tokens=max_prompt_tokens,
             max_new_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
             top_p=settings.top_p,
@@ -76,6 +77,7 @@ class StopRule:
             stop_triggers=self.triggers,
             stopped=self.stopped,
             blocked=blocked,
+            banned_words=settings.banned_words,
         )
 
 
@@ -142,7 +144,7 @@ def load_generator(model: ModelSettings, builder: PromptBuilder, settings: Gener
         from adpulse_batch.masking import BannedTokens
 
         blocked = BannedTokens(builder.tokenizer, BannedWords(settings.banned_words)).blocked
-    decoding = stop.decoding(settings, blocked)
+    decoding = stop.decoding(settings, max_prompt_tokens=builder.max_tokens, blocked=blocked)
     engine = engine_class(model.engine).load(model, tokenizer=builder.tokenizer, device=device, decoding=decoding)
     engine.reuse_prefix(builder.prefix_ids())
     return Generator(engine, builder.tokenizer, settings, stop)

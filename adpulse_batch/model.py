@@ -106,12 +106,17 @@ def base_model_name(settings: ModelSettings) -> str:
     return base
 
 
+def tokenizer_source(settings: ModelSettings) -> str:
+    """Where the tokenizer comes from: the adapter's directory when it has one (finetune saves
+    it), else the base model."""
+    return settings.adapter if _has_tokenizer(settings.adapter) else base_model_name(settings)
+
+
 def load_tokenizer(settings: ModelSettings):
-    """The adapter's own tokenizer when its directory has one (finetune saves it), else the
-    base model's. Padding goes on the left, as batched generation needs."""
+    """The tokenizer of `tokenizer_source`. Padding goes on the left, as batched generation needs."""
     from transformers import AutoTokenizer
 
-    source = settings.adapter if _has_tokenizer(settings.adapter) else base_model_name(settings)
+    source = tokenizer_source(settings)
     tokenizer = _from_hub_or_dir(AutoTokenizer.from_pretrained, source, "adapter" if source == settings.adapter else "base model")
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -130,7 +135,7 @@ def load_template(settings: ModelSettings, template_file: Path | None, chat: boo
     text = Template.from_file(template_file).text if template_file is not None else own.text if own is not None else Template().text
     chat = chat if chat is not None else own is not None and own.chat
     if chat and not has_chat_template(settings):
-        source = settings.adapter if _has_tokenizer(settings.adapter) else base_model_name(settings)
+        source = tokenizer_source(settings)
         raise SettingsError(
             f"--chat: the tokenizer of {source!r} has no chat template; drop --chat to use the plain template, "
             "or use an instruct model"
@@ -216,7 +221,7 @@ def stop_ids(settings: ModelSettings, tokenizer) -> frozenset[int]:
 def has_chat_template(settings: ModelSettings) -> bool:
     """Whether the tokenizer run uses (the adapter's, else the base model's) has a chat
     template: in tokenizer_config.json, or beside it as chat_template.jinja (transformers 5)."""
-    source = settings.adapter if _has_tokenizer(settings.adapter) else base_model_name(settings)
+    source = tokenizer_source(settings)
     if _json_file(source, "tokenizer_config.json", "adapter" if source == settings.adapter else "base model").get("chat_template"):
         return True
     if is_local(source):

@@ -16,6 +16,7 @@ from adpulse_batch.prompts import Prompt, PromptBuilder, Template, field_text
 # The values of the status column.
 OK = "ok"
 TRUNCATED = "ok: input truncated"
+FAILED_EMPTY = "failed: empty ad"  # the model wrote nothing usable, asked twice
 SKIPPED = "skipped: {}"
 SKIP_EMPTY = "no product name or description"
 
@@ -30,8 +31,10 @@ class PlannedPrompt:
     prompt: Prompt | None = None  # set by encode_prompts
 
 
-def status_of(truncated: bool) -> str:
-    """The status of the rows of a generated prompt."""
+def status_of(truncated: bool, ads: list[str]) -> str:
+    """The status of the rows of a generated prompt, from whether it was cut and its ads."""
+    if not all(ads):
+        return FAILED_EMPTY
     return TRUNCATED if truncated else OK
 
 

@@ -20,6 +20,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from adpulse_batch import __version__
+from adpulse_batch.banned import BannedWords
+from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_context
 from adpulse_batch.catalog import (
     Catalog,
     CatalogWriter,
@@ -30,17 +32,18 @@ from adpulse_batch.catalog import (
     default_output_path,
     open_catalog,
 )
-from adpulse_batch.cache import AdCache, default_cache_path, file_digest, key_context
-from adpulse_batch.errors import InputError, SettingsError, writing
-from adpulse_batch.lock import OutputLock
 from adpulse_batch.engines import engine_class
+from adpulse_batch.errors import InputError, SettingsError, writing
+from adpulse_batch.flags import FlagRules
+from adpulse_batch.html_report import ReportCollector, write_html_report
+from adpulse_batch.lock import OutputLock
 from adpulse_batch.model import check_fits, check_model, load_template, load_tokenizer, model_identity, resolve_device
 from adpulse_batch.plan import Planner, template_fits_untokenized
 from adpulse_batch.prompts import PromptBuilder
 from adpulse_batch.settings import RunSettings
 from adpulse_batch.shard import current_workers
+from adpulse_batch.workdir import Layout, WorkDir, assemble
 from adpulse_batch.worker import Worker
-from adpulse_batch.workdir import WorkDir, assemble
 
 
 @dataclass
@@ -58,6 +61,8 @@ class RunSummary:
     prompts_generated: int = 0  # unique prompts sent to the model (identical rows share one)
     new_tokens: int = 0
     seconds: float = 0.0
+    load_seconds: float = 0.0  # starting the engine (the slowest worker's), model loading included
+    generate_seconds: float = 0.0  # generating (the slowest worker's), engine start excluded
     model: dict = field(default_factory=dict)
     engine: dict = field(default_factory=dict)  # name, version, device type, dtype, library versions
     model_loaded: bool = False
@@ -71,6 +76,7 @@ class RunSummary:
     cache: str | None = None
     work_dir: str = ""
     workers: list[dict] = field(default_factory=list)  # per worker: rows, prompts, new tokens, seconds
+    quality: dict = field(default_factory=dict)  # ads per status and per flag, their lengths (the HTML report's counts)
     version: str = __version__
 
     @property
@@ -105,6 +111,7 @@ class Job:
     catalog: Catalog
     output: Path
     planner: Planner
+    batch_size: int  # --batch-size, else the engine's
 
 
 def prepare(settings: RunSettings) -> Job:
@@ -114,14 +121,14 @@ def prepare(settings: RunSettings) -> Job:
     output_format = catalog_format(output, role="output")
     if output.resolve() == settings.input.resolve():
         raise SettingsError(f"output {output} is the input file; name another with -o/--output")
-    for path, flag in ((output, "-o/--output"), (settings.report, "--report")):
+    for path, flag in ((output, "-o/--output"), (settings.report, "--report"), (settings.html_report, "--html-report")):
         check_writable_path(path, flag=flag)  # now, not after the work
     catalog = open_catalog(settings.input, encoding=settings.encoding, limit=settings.limit)
     product, description = catalog_prompt_columns(catalog, settings.product_column, settings.description_column)
     check_writable(catalog, output_format)
-    for name in [*settings.ad_columns, settings.status_column]:
+    for name in settings.new_columns:
         if name in catalog.columns:
-            flag = "--status-column" if name == settings.status_column else "--ad-column"
+            flag = "--status-column" if name == settings.status_column else "--flags-column" if name in settings.flags_columns else "--ad-column"
             raise InputError(f"the input already has a column named {name!r}; choose another name with {flag}")
     template = load_template(settings.model, settings.template, settings.chat)
     check_model(settings.model)
@@ -130,7 +137,8 @@ def prepare(settings: RunSettings) -> Job:
     # whose ads all come from the cache never needs it.
     if not template_fits_untokenized(template, settings.max_prompt_tokens):
         PromptBuilder(template, load_tokenizer(settings.model), settings.max_prompt_tokens).check()
-    return Job(settings, catalog, output, Planner(template, product, description))
+    batch_size = settings.batch_size or engine_class(settings.model.engine).batch_size
+    return Job(settings, catalog, output, Planner(template, product, description), batch_size)
 
 
 def work_dir_for(settings: RunSettings, output: Path) -> Path:
@@ -183,8 +191,14 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
                 return None
             stats = work.wait_for(workers.world, on_wait=worker.show_progress)
             worker.show_progress(force=True)
-        with CatalogWriter(job.output, job.catalog, [*settings.ad_columns, settings.status_column]) as writer:
-            counts = assemble(job.catalog, work, writer, settings.ad_columns, settings.status_column, csv_safe_ads=settings.csv_safe)
+        channel = settings.generation.target_channel
+        rules = FlagRules(BannedWords(settings.generation.banned_words), forbid_emoji=channel is not None and not channel.allows_emoji)
+        collector = ReportCollector(channel)
+        layout = Layout(
+            settings.ad_columns, settings.status_column, settings.flags_columns, job.planner.product_column, job.planner.description_column
+        )
+        with CatalogWriter(job.output, job.catalog, settings.new_columns) as writer:
+            counts = assemble(job.catalog, work, writer, layout, csv_safe_ads=settings.csv_safe, rules=rules, collector=collector)
         if not settings.keep_work:
             work.remove()
     finally:
@@ -196,24 +210,30 @@ def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary 
         output=str(job.output),
         rows_total=job.catalog.num_rows,
         prompts_generated=sum(s["prompts"] for s in stats),
+        load_seconds=max(s["load_seconds"] for s in stats),
+        generate_seconds=max(s["generate_seconds"] for s in stats),
         seconds=time.monotonic() - started,
         model=identity.as_dict(),
         engine=engine,
         model_loaded=any(s["model_loaded"] for s in stats),
         device=str(device) if workers.world == 1 else f"{workers.world} workers",
-        dtype=engine["dtype"],
+        dtype=engine.get("dtype", ""),
         template=job.planner.template.text,
         chat=job.planner.template.chat,
         generation=asdict(settings.generation),
-        batch_size=settings.batch_size,
+        batch_size=job.batch_size,
         max_prompt_tokens=settings.max_prompt_tokens,
         cache=str(cache.path) if cache is not None else None,
         work_dir=str(work.path),
         workers=stats,
+        quality=collector.counts(),
         **counts,
     )
     if settings.report is not None:
         _write_report(settings.report, summary.report())
+    if settings.html_report is not None:
+        with writing(settings.html_report, "check that its directory is writable and has free space, or name another page with --html-report"):
+            write_html_report(settings.html_report, summary.report(), collector)
     return summary
 
 

@@ -34,6 +34,24 @@ def _at_least(value, minimum, flag: str) -> None:
 
 
 @dataclass(frozen=True)
+class VllmSettings:
+    """What vLLM (`--engine vllm`) needs to know of the machine; the torch engine ignores it."""
+
+    gpu_memory_utilization: float = 0.9
+    """Share of each GPU's memory vLLM may take (weights, activations and its KV cache)."""
+    max_num_seqs: int = 256
+    """Most sequences vLLM runs at once."""
+    tensor_parallel_size: int = 1
+    """GPUs one model is split across (a model too large for one GPU); each worker takes that many."""
+
+    def __post_init__(self):
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise SettingsError(f"--gpu-memory-utilization must be above 0 and at most 1, not {self.gpu_memory_utilization}")
+        _at_least(self.max_num_seqs, 1, "--max-num-seqs")
+        _at_least(self.tensor_parallel_size, 1, "--tensor-parallel-size")
+
+
+@dataclass(frozen=True)
 class ModelSettings:
     """Which model writes the ads, and where it runs."""
 
@@ -47,6 +65,7 @@ class ModelSettings:
     """auto (bfloat16 on GPUs that have it, else float16 on GPU, float32 on CPU) or a dtype name."""
     engine: str = "torch"
     """What generates: a name of `adpulse_batch.engines.ENGINES`."""
+    vllm: VllmSettings = field(default_factory=VllmSettings)
 
     def __post_init__(self):
         from adpulse_batch.engines import ENGINES
@@ -131,7 +150,9 @@ class RunSettings:
     ad_column: str = "ad_copy"
     """Name of the new ad column (`<name>_1`..`<name>_K` with several variants)."""
     status_column: str = "ad_status"
-    """Name of the new status column: ok, `ok: input truncated` or `skipped: <reason>`."""
+    """Name of the new status column: ok, `ok: input truncated`, `failed: empty ad` or `skipped: <reason>`."""
+    flags_column: str | None = "ad_flags"
+    """Name of the new column of quality flags (`<name>_1`..`<name>_K` with several variants); None: no flags."""
     encoding: str = "utf-8"
     """Text encoding of CSV and JSONL input."""
     limit: int | None = None
@@ -142,12 +163,15 @@ class RunSettings:
     """Render prompts through the tokenizer's chat template. None: as the adapter was trained (plain by default)."""
     model: ModelSettings = field(default_factory=ModelSettings)
     generation: GenerationSettings = field(default_factory=GenerationSettings)
-    batch_size: int = 32
-    """Rows generated together (prompts of similar length are batched together)."""
+    batch_size: int | None = None
+    """Requests generated together (prompts of similar length are batched together). None: the
+    engine's own (32 for torch, 1024 for vLLM, which batches them further itself)."""
     max_prompt_tokens: int = 256
     """Longer prompts have their description (then product) cut to fit."""
     report: Path | None = None
     """Write a JSON report of the run here."""
+    html_report: Path | None = None
+    """Write an HTML page of the run's counts, ad lengths and a sample of rows here."""
     work_dir: Path | None = None
     """Where results are committed as they come, for a rerun to resume. None: a hidden
     `.<output name>.adpulse-work` directory beside the output."""
@@ -161,7 +185,10 @@ class RunSettings:
     """In CSV output, an ad starting like a spreadsheet formula gets a leading quote."""
 
     def __post_init__(self):
-        flags = {"input": "input", "output": "-o/--output", "template": "--template", "report": "--report", "work_dir": "--work-dir", "cache": "--cache"}
+        flags = {
+            "input": "input", "output": "-o/--output", "template": "--template", "report": "--report",
+            "html_report": "--html-report", "work_dir": "--work-dir", "cache": "--cache",
+        }  # fmt: skip
         for name, flag in flags.items():
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, Path(getattr(self, name)))
@@ -177,11 +204,27 @@ class RunSettings:
             raise SettingsError(
                 f"--status-column {self.status_column!r} is also the name of an ad column; give them different names"
             )
+        if self.flags_column is not None:
+            if not self.flags_column.strip():
+                raise SettingsError("--flags-column cannot be empty (use --no-flags to leave the flags out)")
+            taken = {self.ad_column, *self.ad_columns, self.status_column}
+            if taken & {self.flags_column, *self.flags_columns}:
+                raise SettingsError(f"--flags-column {self.flags_column!r} is also the name of an ad or status column; give them different names")
 
     @property
     def ad_columns(self) -> list[str]:
         """The names of the new ad columns."""
         return ad_column_names(self.ad_column, self.generation.num_variants)
+
+    @property
+    def flags_columns(self) -> list[str]:
+        """The names of the new flags columns, one per ad column (none with flags off)."""
+        return ad_column_names(self.flags_column, self.generation.num_variants) if self.flags_column is not None else []
+
+    @property
+    def new_columns(self) -> list[str]:
+        """Every column the output adds to the input's, in order."""
+        return [*self.ad_columns, self.status_column, *self.flags_columns]
 
 
 def ad_column_names(ad_column: str, num_variants: int) -> list[str]:

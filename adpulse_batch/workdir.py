@@ -28,7 +28,10 @@ import pyarrow.parquet as pq
 
 from adpulse_batch.catalog import Catalog, CatalogWriter, csv_safe
 from adpulse_batch.errors import AdPulseError, InputError, WorkerError, WriteError, first_line, writing
+from adpulse_batch.flags import AdFlagger, FlagRules
+from adpulse_batch.html_report import ReportCollector
 from adpulse_batch.plan import TRUNCATED
+from adpulse_batch.prompts import field_text
 
 log = logging.getLogger(__name__)
 
@@ -51,25 +54,28 @@ class Results:
     source: list[str] = field(default_factory=list)
     new_tokens: list[int] = field(default_factory=list)
     ads: list[list[str]] = field(default_factory=list)  # per row, one ad per variant
+    flags: list[list[str]] = field(default_factory=list)  # per row and variant, what fitting the ad raised
 
-    def add(self, row: int, status: str, source: str, new_tokens: int, ads: list[str]) -> None:
+    def add(self, row: int, status: str, source: str, new_tokens: int, ads: list[str], flags: list[str]) -> None:
         self.rows.append(row)
         self.status.append(status)
         self.source.append(source)
         self.new_tokens.append(new_tokens)
         self.ads.append(ads)
+        self.flags.append(flags)
 
 
 class WorkDir:
-    """Part files (row_id, status, source, new_tokens, ad_1..ad_K), the manifest, and each
-    worker's done or failed marker. Every worker writes only its own files."""
+    """Part files (row_id, status, source, new_tokens, ad_1..ad_K, fit_1..fit_K), the
+    manifest, and each worker's done or failed marker. Every worker writes only its own files."""
 
     def __init__(self, path: Path, num_variants: int):
         self.path = Path(path)
         self.ad_names = [f"ad_{k}" for k in range(1, num_variants + 1)]
+        self.fit_names = [f"fit_{k}" for k in range(1, num_variants + 1)]
         self.schema = pa.schema(
             [("row_id", pa.int64()), ("status", pa.string()), ("source", pa.string()), ("new_tokens", pa.int32())]
-            + [(name, pa.string()) for name in self.ad_names]
+            + [(name, pa.string()) for name in self.ad_names + self.fit_names]
         )
 
     # --- before the workers start (main process) ---
@@ -156,7 +162,7 @@ class WorkDir:
 
     def write(self, chunk_start: int, results: Results, *, rank: int) -> Path:
         """Commit results durably: written, flushed to disk, then renamed into place."""
-        columns = [results.rows, results.status, results.source, results.new_tokens, *zip(*results.ads)]
+        columns = [results.rows, results.status, results.source, results.new_tokens, *zip(*results.ads), *zip(*results.flags)]
         table = pa.Table.from_arrays([pa.array(c, f.type) for c, f in zip(columns, self.schema)], schema=self.schema)
         path = self.path / f"part-{chunk_start:012d}-w{rank:04d}-n{len(results.rows)}-{uuid.uuid4().hex[:8]}.parquet"
         temp = path.with_suffix(".tmp")
@@ -235,23 +241,65 @@ class WorkDir:
         shutil.rmtree(self.path, ignore_errors=True)
 
 
-def assemble(catalog: Catalog, work: WorkDir, writer: CatalogWriter, ad_columns: list[str], status_column: str, *, csv_safe_ads: bool) -> dict[str, int]:
-    """Write the output: each input chunk with its results joined by row id. Returns counts."""
+@dataclass(frozen=True)
+class Layout:
+    """The columns assembly adds to the input's, and the input columns the prompts were made of."""
+
+    ad_columns: list[str]
+    status_column: str
+    flags_columns: list[str]  # one per ad column; empty: no flags
+    product_column: str
+    description_column: str | None
+
+
+def assemble(
+    catalog: Catalog, work: WorkDir, writer: CatalogWriter, layout: Layout, *,
+    csv_safe_ads: bool, rules: FlagRules, collector: ReportCollector,
+) -> dict[str, int]:  # fmt: skip
+    """Write the output: each input chunk with its results joined by row id, and each ad's
+    quality flags, computed from every input cell of its row; every row goes to `collector`.
+    Returns counts."""
     counts = dict.fromkeys(["rows_generated", "rows_from_cache", "rows_resumed", "rows_skipped", "rows_truncated", "new_tokens"], 0)
     resumed = {p.name for paths in work.resumed().values() for p in paths}
     by_chunk = defaultdict(list)
     for path in work.parts():
         by_chunk[_part_chunk(path.name)].append(path)
+
+    def chunks():
+        for chunk in catalog.chunks():
+            yield chunk, work.read_chunk(by_chunk.get(chunk.start, []), chunk.start, chunk.num_rows, resumed=resumed)
+
+    variants = len(work.ad_names)
+    flagger = AdFlagger(rules, variants)
+    if layout.flags_columns:  # `duplicate` compares every ad of the run: a first pass registers them
+        for chunk, results in chunks():
+            products, descriptions = _prompt_fields(chunk, layout)
+            for k, name in enumerate(work.ad_names):
+                for offset, (ad, source) in enumerate(zip(results.column(name).to_pylist(), results.column("source").to_pylist())):
+                    if source != SKIP:
+                        flagger.register(chunk.start + offset, k, ad, products[offset], descriptions[offset])
     guard = csv_safe_ads and writer.format == "csv"
-    for chunk in catalog.chunks():
-        results = work.read_chunk(by_chunk.get(chunk.start, []), chunk.start, chunk.num_rows, resumed=resumed)
-        values = {}
-        for name, part in zip(ad_columns, work.ad_names):
-            ads = results.column(part).to_pylist()
-            values[name] = [csv_safe(ad) for ad in ads] if guard else ads
-        values[status_column] = results.column("status").to_pylist()
+    for chunk, results in chunks():
+        columns = {name: results.column(name).to_pylist() for name in ("status", "source", "new_tokens", "resumed")}
+        ads = [results.column(name).to_pylist() for name in work.ad_names]
+        fits = [results.column(name).to_pylist() for name in work.fit_names]
+        products, descriptions = _prompt_fields(chunk, layout)
+        cells = chunk.to_records() if layout.flags_columns else None
+        flags: list[list[str]] = [[] for _ in range(variants)]
+        for offset, (status, source) in enumerate(zip(columns["status"], columns["source"])):
+            row = chunk.start + offset
+            for k in range(variants):
+                found = flagger.flags(row, k, cells[offset], ads[k][offset], fits[k][offset]) if cells is not None and source != SKIP else ""
+                flags[k].append(found)
+                collector.add(
+                    row, product=products[offset], description=descriptions[offset], ad=ads[k][offset], status=status,
+                    flags=found.split(",") if found else [],
+                )  # fmt: skip
+        values = {name: [csv_safe(ad) for ad in column] if guard else column for name, column in zip(layout.ad_columns, ads)}
+        values[layout.status_column] = columns["status"]
+        values.update(zip(layout.flags_columns, flags))
         writer.write(chunk, values)
-        for status, source, tokens, was_resumed in zip(*(results.column(c).to_pylist() for c in ("status", "source", "new_tokens", "resumed"))):
+        for status, source, tokens, was_resumed in zip(*columns.values()):
             if source == SKIP:
                 counts["rows_skipped"] += 1
                 continue
@@ -262,6 +310,11 @@ def assemble(catalog: Catalog, work: WorkDir, writer: CatalogWriter, ad_columns:
                 counts["rows_generated" if source == MODEL else "rows_from_cache"] += 1
                 counts["new_tokens"] += tokens
     return counts
+
+
+def _prompt_fields(chunk, layout: Layout) -> tuple[list[str], list[str]]:
+    """The product and description of each row of a chunk, as prompts have them."""
+    return [field_text(v) for v in chunk.values(layout.product_column)], [field_text(v) for v in chunk.values(layout.description_column)]
 
 
 def _write_json(path: Path, data: dict) -> None:

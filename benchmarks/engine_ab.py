@@ -10,7 +10,9 @@ model (the throughput benchmark's CPU preset) and the same rows. Each round give
 version the same slice of rows, in rotating order, and times it; the result is the median
 over rounds of each version's speed relative to the first one in the same round. On a
 shared machine, where speed drifts by tens of percent over minutes, pairing within a round
-is what makes a few-percent difference visible. Every version must write the same ads.
+is what makes a few-percent difference visible. Every version generates the same number of
+tokens per row (the model never stops early); the ads each writes differently from the
+first version are counted (other arithmetic can flip a near-tie between two tokens).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def main(argv=None) -> int:
 
     speed = {spec: [] for spec, _ in versions}
     relative = {spec: [] for spec, _ in versions}
+    different = {spec: 0 for spec, _ in versions}
     for round_ in range(args.rounds):
         first = (round_ * args.chunk) % args.rows
         rows = (catalog + catalog)[first : first + args.chunk]
@@ -101,9 +104,8 @@ def main(argv=None) -> int:
             ads[spec] = run(rows)
             seconds[spec] = time.perf_counter() - start
         reference = versions[0][0]
-        if any(a != ads[reference] for a in ads.values()):
-            raise SystemExit(f"round {round_}: the versions wrote different ads")
         for spec, _ in versions:
+            different[spec] += sum(a != b for a, b in zip(ads[spec], ads[reference]))
             speed[spec].append(args.chunk / seconds[spec])
             relative[spec].append(seconds[reference] / seconds[spec])
         print(f"round {round_ + 1}: " + "  ".join(f"{s} {speed[s][-1]:.1f} rows/s" for s, _ in versions), file=sys.stderr, flush=True)
@@ -111,9 +113,10 @@ def main(argv=None) -> int:
         low, mid, high = statistics.quantiles(relative[spec], n=4)
         print(
             f"{spec:16} {statistics.median(speed[spec]):7.2f} rows/s (median)  speed vs {versions[0][0]}: "
-            f"x{statistics.median(relative[spec]):.3f} (quartiles {low:.3f}-{high:.3f})"
+            f"x{statistics.median(relative[spec]):.3f} (quartiles {low:.3f}-{high:.3f}); "
+            f"ads unlike {versions[0][0]}'s: {different[spec]}/{args.rounds * args.chunk}"
         )
-    print(f"{args.rounds} rounds of {args.chunk} rows, {args.new_tokens} new tokens, {args.arch} {args.preset} preset; same ads: yes")
+    print(f"{args.rounds} rounds of {args.chunk} rows, {args.new_tokens} new tokens, {args.arch} {args.preset} preset")
     shutil.rmtree(packages, ignore_errors=True)
     return 0
 

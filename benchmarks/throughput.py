@@ -440,6 +440,8 @@ def measure(args, work_dir: Path) -> int:
     print the table and write the JSON; the exit code."""
     from transformers.utils import logging as hf_logging
 
+    from adpulse_batch.catalog import csv_safe
+    from adpulse_batch.engines import engine_class
     from adpulse_batch.generate import clean_ad, load_generator
     from adpulse_batch.model import load_model, resolve_device, resolve_dtype
     from adpulse_batch.prompts import PromptBuilder, Template
@@ -454,7 +456,7 @@ def measure(args, work_dir: Path) -> int:
             args.methods.remove("run")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    batch_size = args.batch_size or RunSettings(input=Path("x.csv")).batch_size
+    batch_size = args.batch_size or engine_class("torch").batch_size
     shape = dict(PRESETS[args.arch][args.preset])
     if args.vocab:
         shape["vocab"] = args.vocab
@@ -549,7 +551,8 @@ def measure(args, work_dir: Path) -> int:
     agreement, divergences = {}, {}
     for method in args.methods:
         if method == "run":
-            expected = [clean_ad(tokenizer.decode(outputs["adpulse"][i], skip_special_tokens=True), cut=True) for i in naive_index]
+            # As run writes them to CSV: an ad starting like a formula gets a leading quote.
+            expected = [csv_safe(clean_ad(tokenizer.decode(outputs["adpulse"][i], skip_special_tokens=True), cut=True)) for i in naive_index]
             got = [outputs["run"][i] for i in naive_index]
             agreement[method] = sum(e == g for e, g in zip(expected, got))
             continue

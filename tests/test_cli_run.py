@@ -18,15 +18,16 @@ def test_csv_catalog_comes_back_whole_with_ads(run_ads, tmp_path):
     assert result.stdout == ""  # stdout is for data; the run writes to a file
     in_header, in_rows = read_csv(SAMPLE_CSV)
     header, rows = read_csv(out)
-    assert header == in_header + ["ad_copy", "ad_status"]
+    assert header == in_header + ["ad_copy", "ad_status", "ad_flags"]
     assert [r[: len(in_header)] for r in rows] == in_rows  # every row, in order, cells as written
     assert rows[0][0] == "000123"
+    ad, status, flags = (header.index(name) for name in ("ad_copy", "ad_status", "ad_flags"))
     by_name = {r[1]: r for r in rows}
-    assert by_name["Family camping bundle"][-1] == "ok: input truncated"
+    assert by_name["Family camping bundle"][status] == "ok: input truncated"
     skipped = [r for r in rows if r[1] == "" and r[2] == ""]
-    assert [(r[-2], r[-1]) for r in skipped] == [("", "skipped: no product name or description")]
-    assert sum(r[-1] == "ok" for r in rows) == len(rows) - 2
-    assert sum(r[-2] != "" for r in rows if r[-1].startswith("ok")) > len(rows) / 2
+    assert [(r[ad], r[status], r[flags]) for r in skipped] == [("", "skipped: no product name or description", "")]
+    assert sum(r[status] == "ok" for r in rows) == len(rows) - 2
+    assert sum(r[ad] != "" for r in rows if r[status].startswith("ok")) > len(rows) / 2
 
 
 def test_parquet_catalog_keeps_its_types(run_ads, tmp_path):
@@ -34,14 +35,14 @@ def test_parquet_catalog_keeps_its_types(run_ads, tmp_path):
     assert result.exit_code == 0, result.stderr
     source = pq.read_table(SAMPLE_PARQUET)
     out = pq.read_table(tmp_path / "ads.parquet")
-    assert out.column_names == source.column_names + ["ad_copy", "ad_status"]
+    assert out.column_names == source.column_names + ["ad_copy", "ad_status", "ad_flags"]
     assert_same_table(out.select(source.column_names), source)
 
 
 def test_default_output_is_beside_the_input(run_ads, tmp_path):
     source = write_csv(tmp_path / "shop.csv", ["name", "description"], [["Mug", "Blue"]])
     assert run_ads(source).exit_code == 0
-    assert read_csv(tmp_path / "shop.ads.csv")[0] == ["name", "description", "ad_copy", "ad_status"]
+    assert read_csv(tmp_path / "shop.ads.csv")[0] == ["name", "description", "ad_copy", "ad_status", "ad_flags"]
 
 
 def test_same_ads_whatever_the_batch_size(run_ads, tmp_path):
@@ -116,7 +117,7 @@ def test_variants_get_their_own_columns(run_ads, tmp_path):
     result = run_ads(SAMPLE_CSV, "-o", out, "--limit", 4, "--num-variants", 3, "--temperature", 0.9, "--seed", 1)
     assert result.exit_code == 0
     header, rows = read_csv(out)
-    assert header[-4:] == ["ad_copy_1", "ad_copy_2", "ad_copy_3", "ad_status"]
+    assert header[-7:] == ["ad_copy_1", "ad_copy_2", "ad_copy_3", "ad_status", "ad_flags_1", "ad_flags_2", "ad_flags_3"]
     assert any(len({r[-4], r[-3], r[-2]}) > 1 for r in rows)
 
 
@@ -132,7 +133,7 @@ def test_description_column_none(run_ads, tmp_path):
     assert "no description column found" in result.stderr and "--description-column none" in result.stderr
     assert run_ads(source, "-o", tmp_path / "out.csv", "--description-column", "none").exit_code == 0
     rows = read_csv(tmp_path / "out.csv")[1]
-    assert [r[-1] for r in rows] == ["ok", "skipped: no product name or description"]
+    assert [r[3] for r in rows] == ["ok", "skipped: no product name or description"]
 
 
 def test_jsonl_round_trip(run_ads, tmp_path):
@@ -141,7 +142,7 @@ def test_jsonl_round_trip(run_ads, tmp_path):
     source.write_text("\n".join(json.dumps(r) for r in records) + "\n")
     assert run_ads(source, "-o", tmp_path / "out.jsonl").exit_code == 0
     out = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [{k: v for k, v in o.items() if k not in ("ad_copy", "ad_status")} for o in out] == records
+    assert [{k: v for k, v in o.items() if k not in ("ad_copy", "ad_status", "ad_flags")} for o in out] == records
 
 
 @pytest.mark.parametrize(
@@ -198,9 +199,9 @@ def test_an_empty_jsonl_is_a_catalog_of_no_rows(run_ads, tmp_path, suffix):
     assert (result.exit_code, result.stderr) == (0, "")
     if suffix == ".parquet":
         out = pq.read_table(tmp_path / "out.parquet")
-        assert (out.column_names, out.num_rows) == (["ad_copy", "ad_status"], 0)
+        assert (out.column_names, out.num_rows) == (["ad_copy", "ad_status", "ad_flags"], 0)
     else:
-        assert (tmp_path / f"out{suffix}").read_bytes() == (b"" if suffix == ".jsonl" else b"ad_copy,ad_status\r\n")
+        assert (tmp_path / f"out{suffix}").read_bytes() == (b"" if suffix == ".jsonl" else b"ad_copy,ad_status,ad_flags\r\n")
 
 
 def test_an_output_that_is_a_link_writes_the_file_it_points_to(run_ads, tmp_path):

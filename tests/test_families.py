@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from adpulse_batch.engines import ENGINES, Engine
+from adpulse_batch.engines.vllm_engine import INSTALL, vllm_version
 from adpulse_batch.families import FAMILIES
 from conftest import SAMPLE_CSV, read_csv, write_csv
 
@@ -23,9 +24,9 @@ def test_catalog_comes_back_whole_with_ads_whatever_the_batch(run_cli, arch_mode
     assert (tmp_path / "b1.csv").read_bytes() == (tmp_path / "b32.csv").read_bytes()
     in_header, in_rows = read_csv(SAMPLE_CSV)
     header, rows = read_csv(tmp_path / "b32.csv")
-    assert header == in_header + ["ad_copy", "ad_status"]
+    assert header == in_header + ["ad_copy", "ad_status", "ad_flags"]
     assert [r[: len(in_header)] for r in rows] == in_rows
-    assert sum(r[-1].startswith("ok") and r[-2] != "" for r in rows) > len(rows) / 2
+    assert sum(r[-2].startswith("ok") and r[-3] != "" for r in rows) > len(rows) / 2
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -142,3 +143,11 @@ def test_make_test_model_writes_every_family(run_cli, tmp_path):
     ran = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "out.csv", "--adapter", tmp_path / "phi3-adapter", "--limit", 3,
                   "--max-new-tokens", 4, "-q")  # fmt: skip
     assert ran.exit_code == 0, ran.stderr
+
+
+@pytest.mark.skipif(vllm_version() is not None, reason="vLLM is installed here")
+def test_engine_vllm_without_vllm_says_how_to_get_it(run_cli, test_model, tmp_path):
+    result = run_cli("run", SAMPLE_CSV, "-o", tmp_path / "out.csv", "--adapter", test_model[1], "--engine", "vllm", "--no-cache")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"Error: {INSTALL}"
+    assert not (tmp_path / "out.csv").exists()

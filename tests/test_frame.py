@@ -20,12 +20,14 @@ def test_frame_gets_the_ads_run_writes(writer, run_ads, tmp_path):
     frame = pd.read_csv(SAMPLE_CSV, dtype=str, keep_default_na=False)
     frame.index = [f"r{i}" for i in range(len(frame))]  # any index is kept
     out = writer(frame)
-    assert list(out.columns) == list(frame.columns) + ["ad_copy", "ad_status"]
+    assert list(out.columns) == list(frame.columns) + ["ad_copy", "ad_status", "ad_flags"]
     assert out.index.equals(frame.index)
     pd.testing.assert_frame_equal(out[frame.columns], frame)
     assert "ad_copy" not in frame.columns  # the input frame is not changed
-    assert out["ad_copy"].tolist() == [r[-2] for r in rows]
-    assert out["ad_status"].tolist() == [r[-1] for r in rows]
+    assert out["ad_copy"].tolist() == [r[-3] for r in rows]
+    assert out["ad_status"].tolist() == [r[-2] for r in rows]
+    # The flags run writes, but `duplicate`, which compares a whole run's ads, not one batch's.
+    assert out["ad_flags"].tolist() == [",".join(f for f in r[-1].split(",") if f and f != "duplicate") for r in rows]
 
 
 def test_batches_of_a_frame_give_the_same_ads(writer):

@@ -65,7 +65,7 @@ def test_rows_from_the_cache_are_not_tokenized_and_keep_their_status(run_ads, mo
             patch.setattr(module, "load_tokenizer", lambda settings: pytest.fail("the tokenizer was loaded"))
         assert run_ads(source, "-o", tmp_path / "b.csv", "--report", tmp_path / "r.json").exit_code == 0
     assert report(tmp_path / "r.json")["rows_from_cache"] == 62
-    statuses = [row[-1] for row in read_csv(tmp_path / "b.csv")[1]]
+    statuses = [row[-2] for row in read_csv(tmp_path / "b.csv")[1]]
     assert statuses.count("ok: input truncated") == 1  # the 333-word description, cut in the first run
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
     # Another prompt token limit is another key: the rows are generated again.
@@ -198,8 +198,8 @@ def test_csv_ads_never_start_like_a_formula(run_ads, tmp_path, monkeypatch):
     assert run_ads(source, "-o", tmp_path / "safe.csv", "--no-cache").exit_code == 0
     assert run_ads(source, "-o", tmp_path / "raw.csv", "--no-cache", "--no-csv-safe").exit_code == 0
     safe, raw = read_csv(tmp_path / "safe.csv")[1], read_csv(tmp_path / "raw.csv")[1]
-    assert {r[-2] for r in raw} == {"-20% today", '=HYPERLINK("x") 1', '=HYPERLINK("x") 3'}
-    assert [r[-2] for r in safe] == ["'" + r[-2] for r in raw]
+    assert {r[-3] for r in raw} == {"-20% today", '=HYPERLINK("x") 1', '=HYPERLINK("x") 3'}
+    assert [r[-3] for r in safe] == ["'" + r[-3] for r in raw]
     assert safe[0][1] == raw[0][1] == "=1+1 mug"
     assert run_ads(source, "-o", tmp_path / "out.jsonl", "--no-cache").exit_code == 0
     assert {json.loads(line)["ad_copy"][0] for line in (tmp_path / "out.jsonl").read_text().splitlines()} == {"-", "="}

@@ -92,7 +92,7 @@ def test_two_processes_write_the_same_bytes_as_one(test_model, tmp_path):
         one, two = tmp_path / "one" / source.name, tmp_path / "two" / source.name
         assert two.read_bytes() == one.read_bytes(), source.name
         assert not (tmp_path / "two" / f".{source.name}.adpulse-work").exists()
-    assert [r[-1] for r in read_csv(tmp_path / "two" / "skipped.csv")[1]] == ["skipped: no product name or description"] * 2
+    assert [r[-2] for r in read_csv(tmp_path / "two" / "skipped.csv")[1]] == ["skipped: no product name or description"] * 2
     assert resumed.read_bytes() == (tmp_path / "one" / "c3.csv").read_bytes()
     report = json.loads((tmp_path / "resumed.json").read_text())
     assert (report["rows_resumed"], report["rows_generated"]) == (2, 1)

@@ -37,9 +37,12 @@ class Decoding:
     true after a token of `stop_triggers`, so an engine need not call it after other tokens.
     An engine may generate past a stop: its caller cuts there anyway. Before a request's
     `min_new_tokens`, neither stop ids nor stop triggers may be chosen. With `blocked`, the
-    ids `blocked(tokens)` returns must not be chosen after `tokens` (banned words).
+    ids `blocked(tokens)` returns must not be chosen after `tokens` (banned words: an engine
+    that cannot ask per token keeps `banned_words` out its own way). No prompt has more than
+    `max_prompt_tokens` tokens.
     """
 
+    max_prompt_tokens: int
     max_new_tokens: int
     temperature: float
     top_p: float
@@ -48,6 +51,7 @@ class Decoding:
     stop_triggers: frozenset[int]
     stopped: Callable[[list[int]], bool]
     blocked: Callable[[list[int]], frozenset[int]] | None = None
+    banned_words: tuple[str, ...] = ()
 
     @property
     def sampled(self) -> bool:
@@ -58,6 +62,8 @@ class Engine(ABC):
     """Generates token ids for requests, with a model loaded once per process."""
 
     name: str
+    batch_size: int = 32
+    """Requests per `generate` call when the user sets none: what keeps this engine busy."""
 
     @classmethod
     @abstractmethod
@@ -79,6 +85,9 @@ class Engine(ABC):
     def generate(self, requests: list[Request]) -> list[list[int]]:
         """The generated token ids of each request, in order (a stop id may end them)."""
 
+    def close(self) -> None:
+        """Let go of what `load` took (an engine process, GPU memory)."""
+
 
 def _torch() -> type[Engine]:
     from adpulse_batch.engines.torch_engine import TorchEngine
@@ -86,7 +95,13 @@ def _torch() -> type[Engine]:
     return TorchEngine
 
 
-ENGINES: dict[str, Callable[[], type[Engine]]] = {"torch": _torch}
+def _vllm() -> type[Engine]:
+    from adpulse_batch.engines.vllm_engine import VllmEngine
+
+    return VllmEngine
+
+
+ENGINES: dict[str, Callable[[], type[Engine]]] = {"torch": _torch, "vllm": _vllm}
 
 
 def engine_class(name: str) -> type[Engine]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+
 @dataclass
 class Prefix:
     """Token ids every prompt starts with, and their keys and values in each layer."""

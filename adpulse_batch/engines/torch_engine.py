@@ -24,6 +24,7 @@ VERSION = 1
 
 class TorchEngine(Engine):
     name = "torch"
+    batch_size = 32  # on CPU, larger batches need more cache memory than they gain (benchmarks/README.md)
 
     def __init__(self, forward, *, pad_id: int, decoding: Decoding):
         self.forward = forward
