@@ -58,12 +58,12 @@ SAMPLE_CATALOG = REPO / "sample_catalogs" / "catalog.csv"
 # MLP 8192, tied embeddings; its CPU preset is the BLOOM CPU preset's size with Llama's parts.
 PRESETS = {
     "bloom": {
-        "micro": dict(hidden=64, layers=2, heads=4, vocab=None),
+        "micro": dict(hidden=64, layers=2, heads=2, vocab=None),  # heads of 32: the smallest vLLM's CPU attention takes
         "cpu": dict(hidden=512, layers=6, heads=8, vocab=None),
         "full": dict(hidden=2048, layers=24, heads=16, vocab=250_880),
     },
     "llama": {
-        "micro": dict(hidden=64, layers=2, heads=4, kv_heads=2, mlp=128, vocab=None),
+        "micro": dict(hidden=64, layers=2, heads=2, kv_heads=1, mlp=128, vocab=None),
         "cpu": dict(hidden=512, layers=6, heads=8, kv_heads=4, mlp=1536, vocab=None),
         "full": dict(hidden=2048, layers=16, heads=32, kv_heads=8, mlp=8192, vocab=128_256),
     },
@@ -72,7 +72,8 @@ PRESETS = {
 # holds one 333-word row on purpose (to test truncation), which would make every batch that
 # draws it a 256-token batch and the benchmark a test of padding.
 MAX_DESCRIPTION_WORDS = 64
-METHODS = ("naive", "pipeline", "adpulse", "run")
+METHODS = ("naive", "pipeline", "adpulse", "run", "vllm", "run-vllm")
+DEFAULT_METHODS = ("naive", "pipeline", "adpulse", "run")  # the vLLM ones where vLLM is installed and asked for
 
 
 def log(message: str) -> None:
@@ -248,21 +249,49 @@ def adpulse(generator, builder, catalog: list[tuple[str, str]], batch_size: int)
     return [list(variants[0].ids) for variants in generator.generate(prompts, batch_size=batch_size)]
 
 
-def run_end_to_end(catalog_csv: Path, out_dir: Path, model_dir: Path, adapter_dir: Path, args, batch_size: int) -> list[str]:
-    """`run_catalog`, as `adpulse-batch run` calls it; returns the ad column."""
+def run_end_to_end(catalog_csv: Path, out_dir: Path, model_dir: Path, adapter_dir: Path, args, batch_size: int | None, *,
+                   engine: str = "torch", generate_seconds: list | None = None) -> list[str]:
+    """`run_catalog`, as `adpulse-batch run` calls it; returns the ad column (and appends the
+    run's own generation time, engine start excluded, to `generate_seconds`)."""
     from adpulse_batch.run import run_catalog
     from adpulse_batch.settings import GenerationSettings, ModelSettings, RunSettings
 
     output = out_dir / "ads.csv"
     settings = RunSettings(
         input=catalog_csv, output=output,
-        model=ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device=args.device, dtype=args.dtype),
+        model=ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device=args.device, dtype=args.dtype, engine=engine),
         generation=GenerationSettings(max_new_tokens=args.new_tokens),
         batch_size=batch_size, use_cache=False,  # every repeat generates, as a first run does
     )
-    run_catalog(settings)
+    summary = run_catalog(settings)
+    if generate_seconds is not None:
+        generate_seconds.append(summary.generate_seconds)
     with open(output, newline="", encoding="utf-8") as handle:
         return [r["ad_copy"] for r in csv.DictReader(handle)]
+
+
+def start_vllm(arch: str, model_dir: Path, adapter_dir: Path, merged_dir: Path, *, dtype, max_model_len: int):
+    """vLLM's own offline engine on what `run --engine vllm` gives it: BLOOM's adapter merged
+    (vLLM has no LoRA for BLOOM), Llama's through a LoRARequest. Returns (llm, lora_request)."""
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+    merged = arch == "bloom"
+    llm = LLM(
+        model=str(merged_dir if merged else model_dir), dtype=str(dtype).removeprefix("torch."), seed=0,
+        enable_prefix_caching=True, max_model_len=max_model_len, enable_lora=not merged, max_lora_rank=16,
+    )  # fmt: skip
+    return llm, None if merged else LoRARequest("adapter", 1, str(adapter_dir))
+
+
+def vllm_tokens(llm, lora, prompt_ids: list[list[int]], new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
+    """One `LLM.generate` over every prompt, greedy, with the stops run gives it."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, stop=["###"], stop_token_ids=stop_ids, include_stop_str_in_output=True)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False, lora_request=lora)
+    return [list(o.outputs[0].token_ids) for o in outputs]
 
 
 # --- measuring -------------------------------------------------------------------------
@@ -408,7 +437,10 @@ def parse_args(argv=None):
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row, exactly (default 32)")
     parser.add_argument("--batch-size", type=int, help="batch size of (b) and (c) (default: run's --batch-size default)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each method; medians are reported (default 3)")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument(
+        "--methods", default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated subset of {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)}; vllm and run-vllm need vLLM)",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="auto: float32 on CPU, bf16 on GPU")
     parser.add_argument("--seed", type=int, default=0)
@@ -421,6 +453,8 @@ def parse_args(argv=None):
     unknown = set(args.methods) - set(METHODS)
     if "run" in args.methods and "adpulse" not in args.methods:
         parser.error("--methods: run is checked against adpulse; include both")
+    if "run-vllm" in args.methods and "vllm" not in args.methods:
+        parser.error("--methods: run-vllm is checked against vllm; include both")
     if unknown or "naive" not in args.methods:
         parser.error(f"--methods takes {', '.join(METHODS)} and must include naive (the reference): got {args.methods}")
     return args
@@ -490,6 +524,18 @@ def measure(args, work_dir: Path) -> int:
         from transformers import pipeline
 
         pipe = pipeline("text-generation", model=merged.model, tokenizer=tokenizer)
+    llm = lora = None
+    vllm_load_seconds = None
+    if "vllm" in args.methods:
+        from adpulse_batch.model import stop_ids
+
+        merged.model.save_pretrained(work_dir / "merged")
+        tokenizer.save_pretrained(work_dir / "merged")
+        started = time.perf_counter()
+        llm, lora = start_vllm(args.arch, model_dir, adapter_dir, work_dir / "merged", dtype=dtype, max_model_len=builder.max_tokens + new)
+        vllm_load_seconds = time.perf_counter() - started
+        vllm_stops = sorted(stop_ids(model_settings, tokenizer))
+    generate_only: dict[str, list[float]] = {"run": [], "run-vllm": []}  # run's own generation time, per repeat
 
     step = max(1, round(args.rows / args.naive_rows)) if args.naive_rows else 1
     naive_index = list(range(0, args.rows, step))
@@ -497,7 +543,12 @@ def measure(args, work_dir: Path) -> int:
         "naive": lambda: naive(unmerged, tokenizer, [texts[i] for i in naive_index], new),
         "pipeline": lambda: pipeline_tokens(pipe, texts, new, batch_size),
         "adpulse": lambda: adpulse(generator, builder, catalog, batch_size),
-        "run": lambda: run_end_to_end(catalog_csv, work_dir, model_dir, adapter_dir, args, batch_size),
+        "run": lambda: run_end_to_end(catalog_csv, work_dir, model_dir, adapter_dir, args, batch_size, generate_seconds=generate_only["run"]),
+        "vllm": lambda: vllm_tokens(llm, lora, prompt_ids, new, vllm_stops),
+        # run's own batch size for vLLM (its default), as a user would run it.
+        "run-vllm": lambda: run_end_to_end(
+            catalog_csv, work_dir, model_dir, adapter_dir, args, args.batch_size, engine="vllm", generate_seconds=generate_only["run-vllm"]
+        ),
     }
     rows_of = {m: (len(naive_index) if m == "naive" else args.rows) for m in METHODS}
     warmups = {
@@ -505,6 +556,8 @@ def measure(args, work_dir: Path) -> int:
         "pipeline": lambda: pipeline_tokens(pipe, texts[:batch_size], new, batch_size),
         "adpulse": lambda: adpulse(generator, builder, catalog[:batch_size], batch_size),
         "run": lambda: None,  # run loads its model every time; its timing includes that
+        "vllm": lambda: vllm_tokens(llm, lora, prompt_ids[:8], new, vllm_stops),
+        "run-vllm": lambda: None,  # starts its own vLLM every time; its timing includes that
     }
 
     wait_for_quiet(args.quiet_below, args.max_wait)
@@ -550,10 +603,11 @@ def measure(args, work_dir: Path) -> int:
     reference = dict(zip(naive_index, naive(merged.model, tokenizer, [texts[i] for i in naive_index], new)))
     agreement, divergences = {}, {}
     for method in args.methods:
-        if method == "run":
+        if method in ("run", "run-vllm"):
             # As run writes them to CSV: an ad starting like a formula gets a leading quote.
-            expected = [csv_safe(clean_ad(tokenizer.decode(outputs["adpulse"][i], skip_special_tokens=True), cut=True)) for i in naive_index]
-            got = [outputs["run"][i] for i in naive_index]
+            engine_of = outputs["adpulse" if method == "run" else "vllm"]
+            expected = [csv_safe(clean_ad(tokenizer.decode(engine_of[i], skip_special_tokens=True), cut=True)) for i in naive_index]
+            got = [outputs[method][i] for i in naive_index]
             agreement[method] = sum(e == g for e, g in zip(expected, got))
             continue
         got = outputs["naive"] if method == "naive" else [outputs[method][i] for i in naive_index]
@@ -618,8 +672,18 @@ def measure(args, work_dir: Path) -> int:
         "same_greedy_output_as_merged_reference": {m: f"{agreement[m]}/{len(naive_index)}" for m in agreement if m != "run"},
         "divergences": divergences,  # per method, for each row that differs: where, and the score gap there
         "run_same_as_engine": f"{agreement['run']}/{len(naive_index)}" if "run" in agreement else None,
+        "run_vllm_same_as_vllm": f"{agreement['run-vllm']}/{len(naive_index)}" if "run-vllm" in agreement else None,
+        # Generation alone (engine start and model loading excluded): run's own measure.
+        "generate_only_seconds": {m: v for m, v in generate_only.items() if v},
+        "generate_only_rows_per_s": {m: args.rows / median(v) for m, v in generate_only.items() if v},
+        "vllm_load_seconds": vllm_load_seconds,
+        "run_vllm_vs_vllm_generation": (
+            args.rows / median(generate_only["run-vllm"]) / rate["vllm"] if generate_only["run-vllm"] and "vllm" in rate else None
+        ),
         "distinct_naive_outputs": distinct,
     }
+    if llm is not None:
+        llm.llm_engine.engine_core.shutdown()  # its engine process, before the interpreter's exit handlers run
     print_table(results, args.methods, rows_of)
     path = args.json or Path(f"throughput-{args.arch}-{args.preset}-{device.type}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -683,16 +747,25 @@ def print_table(results: dict, methods: list[str], rows_of: dict) -> None:
         f"instruction {s['instruction_tokens']}), median of {s['repeats']}; matmul ceiling {results['matmul_ceiling_gflops']:.1f} GFLOP/s"
     )
     names = {"naive": "(a) naive: generate per row, unmerged LoRA", "pipeline": "(b) transformers pipeline",
-             "adpulse": "(c) adpulse engine (tokenize + Generator)", "run": "    adpulse run_catalog, end to end"}
+             "adpulse": "(c) adpulse engine (tokenize + Generator)", "run": "    adpulse run_catalog, end to end",
+             "vllm": "(d) vLLM's own LLM.generate (started once)", "run-vllm": "    run_catalog --engine vllm, end to end"}
     print(f"{'method':44} {'rows':>5} {'rows/s':>8} {'tokens/s':>9} {'x naive':>8} {'ceiling':>8} {'peak MB':>8} {'same':>8} {'others':>7}")
     for m in methods:
         rate = results["rows_per_s"][m]
-        same = results["same_greedy_output_as_merged_reference"].get(m) or f"{results['run_same_as_engine']} (c)"
+        same = results["same_greedy_output_as_merged_reference"].get(m) or (
+            f"{results['run_same_as_engine']} (c)" if m == "run" else f"{results['run_vllm_same_as_vllm']} (d)"
+        )
         print(
             f"{names[m]:44} {rows_of[m]:>5} {rate:>8.2f} {rate * s['new_tokens']:>9.1f} {rate / results['naive_rows_per_s']:>7.2f}x "
             f"{results['ceiling_fraction'][m]:>7.1%} {results['peak_rss_mb_by_method'][m]:>8.0f} {same:>8} {max(results['other_processes_cpu_share'][m]):>6.0%}"
         )
     print(f"greedy outputs: {results['distinct_naive_outputs']} distinct over {results['settings']['naive_rows']} rows of (a)")
+    for m, rate in results["generate_only_rows_per_s"].items():
+        print(f"{m}: generation alone (engine start and model loading excluded) {rate:.2f} rows/s")
+    if results["vllm_load_seconds"] is not None:
+        print(f"vLLM start (d): {results['vllm_load_seconds']:.1f} s")
+    if results["run_vllm_vs_vllm_generation"] is not None:
+        print(f"run --engine vllm generates at {results['run_vllm_vs_vllm_generation']:.3f}x vLLM's own LLM.generate")
     if results["speedup_vs_pipeline"] is not None:
         print(f"speedup_vs_naive {results['speedup_vs_naive']:.2f}, speedup_vs_pipeline {results['speedup_vs_pipeline']:.2f}; "
               f"(c) at {results['adpulse_ceiling_fraction']:.1%} of the ceiling counting each row's whole prompt, "

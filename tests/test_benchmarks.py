@@ -24,14 +24,14 @@ def test_throughput_benchmark_runs_every_method_and_checks_the_text(tmp_path, ar
     out = tmp_path / "result.json"
     code = throughput.main([
         "--arch", arch, "--preset", "micro", "--rows", "6", "--new-tokens", "3", "--repeats", "1",
-        "--methods", ",".join(throughput.METHODS), "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
+        "--methods", ",".join(throughput.DEFAULT_METHODS), "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
     ])  # fmt: skip
     result = json.loads(out.read_text())
     assert code == 0
     assert result["same_greedy_output_as_merged_reference"]["adpulse"] == "6/6"
     assert result["run_same_as_engine"] == "6/6"
     assert result["distinct_naive_outputs"] >= 4  # the rows' outputs differ, so agreeing means something
-    for method in throughput.METHODS:
+    for method in throughput.DEFAULT_METHODS:  # the vLLM ones: tests/test_vllm.py
         assert result["rows_per_s"][method] > 0, method
     for key in ("speedup_vs_naive", "speedup_vs_pipeline", "new_tokens_per_s", "peak_rss_mb", "device", "cpu_flags",
                 "settings", "adpulse_ceiling_fraction"):

@@ -56,3 +56,19 @@ def test_seeded_variants_repeat_and_another_seed_changes_them(run_cli, family_mo
     ads = [(row[header.index("ad_copy_1")], row[header.index("ad_copy_2")]) for row in rows if row[header.index("ad_status")] == "ok"]
     assert any(a != b for a, b in ads)  # the variants differ
 
+
+
+def test_throughput_benchmark_runs_the_vllm_methods(tmp_path):
+    from test_benchmarks import load_throughput
+
+    throughput = load_throughput()
+    out = tmp_path / "result.json"
+    code = throughput.main([
+        "--arch", "llama", "--preset", "micro", "--rows", "6", "--new-tokens", "3", "--repeats", "1",
+        "--methods", "naive,adpulse,vllm,run-vllm", "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
+    ])  # fmt: skip
+    result = json.loads(out.read_text())
+    assert code == 0
+    assert result["same_greedy_output_as_merged_reference"]["vllm"] == "6/6"
+    assert result["run_vllm_same_as_vllm"] == "6/6"
+    assert result["generate_only_rows_per_s"]["run-vllm"] > 0 and result["run_vllm_vs_vllm_generation"] > 0
