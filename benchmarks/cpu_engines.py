@@ -22,7 +22,8 @@ its end token or `#`: benchmarks/throughput.py). The ads every method wrote are 
 Reported per method, medians over --rounds interleaved rounds: rows/s of the whole process
 (interpreter start, imports, model loading, generation, writing), rows/s of generation alone
 (engine start and model loading excluded), and peak memory: the largest resident set of the
-process tree (vLLM's engine runs in processes of its own), sampled every 50 ms. The
+process tree (vLLM's engine runs in processes of its own), sampled every 200 ms; and the
+share of the cores other processes used meanwhile (not the method's, nor this script's). The
 CTranslate2 conversions are done once, before the rounds, and timed apart. The CPU model and
 its flags are printed: precisions differ in speed by machine.
 """
@@ -116,7 +117,8 @@ def _vllm(model_dir: Path, precision: str, spec: dict, new_tokens: int):
 
 
 class PeakMemory:
-    """The largest resident set of a process and its descendants, sampled every 50 ms."""
+    """The largest resident set of a process and its descendants, sampled every 200 ms (a
+    walk of /proc; more often, it takes a noticeable share of a core from the method)."""
 
     def __init__(self, pid: int):
         self.pid, self.peak_kb, self._done = pid, 0, threading.Event()
@@ -124,13 +126,32 @@ class PeakMemory:
         self._thread.start()
 
     def _sample(self) -> None:
-        while not self._done.wait(0.05):
+        while not self._done.wait(0.2):
             self.peak_kb = max(self.peak_kb, sum(_rss_kb(pid) for pid in _tree(self.pid)))
 
     def stop(self) -> float:
         self._done.set()
         self._thread.join()
         return self.peak_kb / 1024
+
+
+class OtherLoad(T.OtherLoad):
+    """throughput.OtherLoad, counting the methods' processes as this one's: once a child is
+    waited for, its CPU time (and its own waited-for children's) is this process's cutime."""
+
+    def reset(self) -> None:
+        self.start, (self.busy, self.own) = time.monotonic(), _busy_with_children()
+
+    def fraction(self) -> float:
+        busy, own = _busy_with_children()
+        elapsed = max(time.monotonic() - self.start, 1e-3)
+        return max(0.0, ((busy - self.busy) - (own - self.own)) / (elapsed * self.hz * self.cores))
+
+
+def _busy_with_children() -> tuple[int, int]:
+    busy, _ = T._busy_jiffies()
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return busy, sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
 
 
 def _tree(root: int) -> list[int]:
@@ -170,7 +191,7 @@ def command(method: str, work: Path, args) -> list[str]:
 def timed(method: str, work: Path, args) -> dict:
     """Run one method as a process of its own; its ads, timings and peak memory."""
     T.wait_for_quiet(args.quiet_below, args.max_wait)
-    load = T.OtherLoad()
+    load = OtherLoad()
     started = time.perf_counter()
     process = subprocess.Popen(command(method, work, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     memory = PeakMemory(process.pid)
