@@ -42,6 +42,7 @@ from adpulse_batch.plan import Planner, template_fits_untokenized
 from adpulse_batch.prompts import PromptBuilder
 from adpulse_batch.settings import RunSettings
 from adpulse_batch.shard import current_workers
+from adpulse_batch.storage import ObjectPath, local_output_path
 from adpulse_batch.workdir import Layout, WorkDir, assemble
 from adpulse_batch.worker import Worker
 
@@ -117,6 +118,8 @@ class Job:
 def prepare(settings: RunSettings) -> Job:
     """Check everything that can be checked before a model is loaded: input, columns,
     output, template, that the model and adapter exist and are of kinds run can use."""
+    if isinstance(settings.input, ObjectPath) and not settings.input.exists():  # before the output beside it
+        raise InputError(f"input {settings.input} does not exist")
     output = settings.output or default_output_path(settings.input)
     output_format = catalog_format(output, role="output")
     if output.resolve() == settings.input.resolve():
@@ -143,8 +146,9 @@ def prepare(settings: RunSettings) -> Job:
 
 def work_dir_for(settings: RunSettings, output: Path) -> Path:
     """`--work-dir`, else a hidden directory beside the output (same file system, so parts are
-    renamed into place, and shared by the machines of a multi-machine run)."""
-    return settings.work_dir or output.with_name(f".{output.name}.adpulse-work")
+    renamed into place, and shared by the machines of a multi-machine run); for an object
+    output, beside the local file that is uploaded as it."""
+    return settings.work_dir or local_output_path(output).with_name(f".{output.name}.adpulse-work")
 
 
 def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary | None:
