@@ -39,6 +39,14 @@ def test_model(tmp_path_factory):
     return root / "tiny", root / "tiny-adapter"
 
 
+@pytest.fixture(scope="session")
+def cpu_model(test_model):
+    """ModelSettings of the test adapter on CPU in float32: its greedy ads are run's, whatever the batch."""
+    from adpulse_batch.settings import ModelSettings
+
+    return ModelSettings(adapter=str(test_model[1]), device="cpu", dtype="float32")
+
+
 # The families the engine and CLI tests run over: ALiBi (BLOOM), RoPE with BOS, byte fallback
 # and two end-of-text ids (Llama), RoPE without BOS, ChatML (Qwen2).
 ARCHES = ["bloom", "llama", "qwen2"]

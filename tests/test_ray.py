@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from adpulse_batch.errors import InputError
-from adpulse_batch.settings import GenerationSettings, ModelSettings
+from adpulse_batch.settings import GenerationSettings
 from conftest import SAMPLE_PARQUET, load_job, run_rows, sortable
 
 pytestmark = [
@@ -30,12 +30,7 @@ def ray_data():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def model(test_model):
-    return ModelSettings(adapter=str(test_model[1]), device="cpu", dtype="float32")
-
-
-def test_ray_writes_runs_ads_for_every_row_once(ray_data, model, run_ads, tmp_path):
+def test_ray_writes_runs_ads_for_every_row_once(ray_data, cpu_model, run_ads, tmp_path):
     import ray
 
     from adpulse_batch.ray import add_ads
@@ -45,20 +40,20 @@ def test_ray_writes_runs_ads_for_every_row_once(ray_data, model, run_ads, tmp_pa
 
     ds = ray_data.read_parquet(str(SAMPLE_PARQUET)).repartition(4)  # 4 blocks for the 2 actors
     # 4 batches, 2 actors of half a CPU each: the other CPU reads the rows.
-    out = add_ads(ds, model, GenerationSettings(max_new_tokens=12), concurrency=2, num_cpus=0.5, batch_size=16)
+    out = add_ads(ds, cpu_model, GenerationSettings(max_new_tokens=12), concurrency=2, num_cpus=0.5, batch_size=16)
     table = pa.concat_tables(ray.get(out.to_arrow_refs()))
     assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in expected.schema]  # input types, then strings
     assert table.num_rows == 63
     assert sortable(table.to_pylist()) == sortable(rows)  # every row once, its input cells and its ads as run has them
 
 
-def test_ray_checks_columns_before_any_actor_starts(ray_data, model):
+def test_ray_checks_columns_before_any_actor_starts(ray_data, cpu_model):
     from adpulse_batch.ray import add_ads
 
     with pytest.raises(InputError, match="already has a column named 'ad_status'; choose another"):
-        add_ads(ray_data.from_items([{"name": "Mug", "ad_status": "x"}]), model)
+        add_ads(ray_data.from_items([{"name": "Mug", "ad_status": "x"}]), cpu_model)
     with pytest.raises(InputError, match="no product column found .* its columns are: 'price'"):
-        add_ads(ray_data.from_items([{"price": 1}]), model)
+        add_ads(ray_data.from_items([{"price": 1}]), cpu_model)
 
 
 def test_the_ray_job_writes_runs_ads(ray_data, run_ads, test_model, tmp_path):

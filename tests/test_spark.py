@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from adpulse_batch.errors import InputError
-from adpulse_batch.settings import GenerationSettings, ModelSettings
+from adpulse_batch.settings import GenerationSettings
 from conftest import SAMPLE_PARQUET, load_job, run_rows, sortable
 
 pytestmark = [
@@ -45,17 +45,12 @@ def spark():
     session.stop()
 
 
-@pytest.fixture(scope="module")
-def model(test_model):
-    return ModelSettings(adapter=str(test_model[1]), device="cpu", dtype="float32")
-
-
-def test_spark_writes_runs_ads_for_every_row_once_with_one_model_per_worker(spark, model, run_ads, tmp_path):
+def test_spark_writes_runs_ads_for_every_row_once_with_one_model_per_worker(spark, cpu_model, run_ads, tmp_path):
     from adpulse_batch.spark import add_ads
 
     expected = run_rows(run_ads, tmp_path / "run.parquet")
     df = spark.read.parquet(str(SAMPLE_PARQUET)).repartition(4)  # 4 tasks on 2 workers, rows shuffled
-    out = add_ads(df, model, GenerationSettings(max_new_tokens=12), batch_size=12)
+    out = add_ads(df, cpu_model, GenerationSettings(max_new_tokens=12), batch_size=12)
     assert out.schema.fields[: len(df.schema.fields)] == df.schema.fields
     assert out.columns == df.columns + NEW_COLUMNS
     rows = [row.asDict(recursive=True) for row in out.collect()]
@@ -78,7 +73,7 @@ def test_spark_writes_runs_ads_for_every_row_once_with_one_model_per_worker(spar
     assert len({pid for pid, count in loaded if count}) <= 2
 
 
-def test_spark_keeps_every_input_type_and_value(spark, model):
+def test_spark_keeps_every_input_type_and_value(spark, cpu_model):
     from pyspark.sql import types
 
     from adpulse_batch.spark import add_ads
@@ -101,7 +96,7 @@ def test_spark_keeps_every_input_type_and_value(spark, model):
         (7, "Pen", None, decimal.Decimal("1.50"), None, datetime.date(1970, 1, 1), [], {}, b""),
     ]  # fmt: skip
     df = spark.createDataFrame(rows, schema)
-    out = add_ads(df, model, GenerationSettings(max_new_tokens=6), ad_column="ad", flags_column=None)
+    out = add_ads(df, cpu_model, GenerationSettings(max_new_tokens=6), ad_column="ad", flags_column=None)
     assert out.schema.fields[:9] == df.schema.fields and out.columns == df.columns + ["ad", "ad_status"]
     got = sorted((row.asDict() for row in out.collect()), key=lambda row: row["id"] or 0)
     assert [{k: v for k, v in row.items() if k in df.columns} for row in got] == sorted(
@@ -110,14 +105,14 @@ def test_spark_keeps_every_input_type_and_value(spark, model):
     assert [row["ad_status"] for row in got] == ["skipped: no product name or description", "ok", "ok"]
 
 
-def test_spark_checks_columns_on_the_driver(spark, model):
+def test_spark_checks_columns_on_the_driver(spark, cpu_model):
     from adpulse_batch.spark import add_ads
 
     df = spark.createDataFrame([("Mug", "x")], "name string, ad_copy string")
     with pytest.raises(InputError, match="already has a column named 'ad_copy'; choose another ad_column"):
-        add_ads(df, model)
+        add_ads(df, cpu_model)
     with pytest.raises(InputError, match="no product column found .* its columns are: 'price'"):
-        add_ads(spark.createDataFrame([(1,)], "price int"), model)
+        add_ads(spark.createDataFrame([(1,)], "price int"), cpu_model)
 
 
 def test_the_spark_job_writes_runs_ads(spark, run_ads, test_model, tmp_path):
