@@ -9,7 +9,7 @@
 
 Each actor loads one model and writes the ads of every batch it is given; batches travel as
 Arrow tables, so the input columns are passed on as they are, never converted through
-pandas. (This module is `adpulse_batch.ray`; `import ray` in it is the real Ray.)
+pandas. (Imports are absolute: inside this module, `import ray` would be the real Ray.)
 """
 
 from __future__ import annotations

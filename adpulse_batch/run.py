@@ -122,6 +122,11 @@ def prepare(settings: RunSettings) -> Job:
         raise InputError(f"input {settings.input} does not exist")
     output = settings.output or default_output_path(settings.input)
     output_format = catalog_format(output, role="output")
+    if isinstance(output, ObjectPath) and settings.work_dir is None and _machines() > 1:
+        raise SettingsError(
+            f"-o/--output {output} on several machines: their parts would stay on each machine's disk; "
+            "name a --work-dir that every machine mounts"
+        )
     if output.resolve() == settings.input.resolve():
         raise SettingsError(f"output {output} is the input file; name another with -o/--output")
     for path, flag in ((output, "-o/--output"), (settings.report, "--report"), (settings.html_report, "--html-report")):
@@ -142,6 +147,12 @@ def prepare(settings: RunSettings) -> Job:
         PromptBuilder(template, load_tokenizer(settings.model), settings.max_prompt_tokens).check()
     batch_size = settings.batch_size or engine_class(settings.model.engine).batch_size
     return Job(settings, catalog, output, Planner(template, product, description), batch_size)
+
+
+def _machines() -> int:
+    """More than 1 when torchrun has started workers on several machines."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return 1 if world <= 1 else -(-world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
 
 
 def work_dir_for(settings: RunSettings, output: Path) -> Path:

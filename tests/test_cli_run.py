@@ -282,3 +282,13 @@ def test_file_uris_are_local_paths_and_other_flags_take_no_uri(run_ads, tmp_path
     job.write_text(f'input = "{SAMPLE_CSV.as_uri()}"\noutput = "https://example.com/ads.csv"\n')  # URIs are not made relative to the file
     result = run_ads("--job", job)
     assert (result.exit_code, result.stderr) == (2, "Error: -o/--output https://example.com/ads.csv: use a local path or an s3://, gs://, hf:// or file:// URI\n")
+
+
+
+def test_an_object_output_on_several_machines_needs_a_shared_work_dir(run_ads):
+    # As torchrun sets it up for rank 0 of 2 machines with a worker each (checked before any worker starts talking).
+    result = run_ads(SAMPLE_CSV, "-o", "s3://bucket/ads.csv", env={"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "RANK": "0"})
+    assert (result.exit_code, result.stderr) == (2, (
+        "Error: worker 0 of 2: -o/--output s3://bucket/ads.csv on several machines: their parts would stay on each machine's disk; "
+        "name a --work-dir that every machine mounts\n"
+    ))  # fmt: skip
