@@ -19,7 +19,7 @@ from adpulse_batch.channels import CHANNELS
 from adpulse_batch.engines import ENGINES
 from adpulse_batch.errors import AdPulseError, Terminated
 from adpulse_batch.families import FAMILIES
-from adpulse_batch.settings import DEFAULT_ADAPTER, DEFAULT_BASE_MODEL, DEVICES, DTYPES, QUANTIZE
+from adpulse_batch.settings import DEFAULT_ADAPTER, DEFAULT_BASE_MODEL, DEVICES, DTYPES, QUANTIZE, VLLM_LORA
 from adpulse_batch.storage import is_uri
 
 log = logging.getLogger("adpulse_batch")
@@ -103,7 +103,10 @@ def device_options(command):
         type=click.Choice(DTYPES),
         default="auto",
         show_default=True,
-        help="auto: bfloat16 on GPUs that support it, else float16 on GPU; float32 on CPU.",
+        envvar="ADPULSE_DTYPE",
+        help="auto: bfloat16 on GPUs that support it (else float16) and on CPUs that compute in it (AVX512-BF16 or AMX, "
+        "where it is faster: see the README); float32 on other CPUs (and for finetune on CPU). float32 writes a row's ad the same "
+        "whatever its batch or worker count. Env: ADPULSE_DTYPE.",
     )(command)
     return click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto: a CUDA GPU when there is one.")(command)
 
@@ -137,13 +140,17 @@ def model_options(command):
     @click.option("--gpu-memory-utilization", type=float, default=0.9, show_default=True, help="--engine vllm: share of each GPU's memory vLLM may take.")
     @click.option("--max-num-seqs", type=int, default=256, show_default=True, help="--engine vllm: most sequences it runs at once.")
     @click.option("--tensor-parallel-size", type=int, default=1, show_default=True, help="--engine vllm: GPUs one model is split across (a model too large for one).")
+    @click.option("--vllm-lora", type=click.Choice(VLLM_LORA), default="auto", show_default=True,
+                  help="--engine vllm: an adapter as vLLM's LoRARequest, or merged into the base once; auto: request on GPUs, merge on CPU and for BLOOM.")
     @device_options
     @functools.wraps(command)
-    def wrapper(*args, model, adapter, engine, gpu_memory_utilization, max_num_seqs, tensor_parallel_size, device, dtype, **kwargs):
+    def wrapper(*args, model, adapter, engine, gpu_memory_utilization, max_num_seqs, tensor_parallel_size, vllm_lora, device, dtype, **kwargs):
         from adpulse_batch.settings import ModelSettings, VllmSettings
 
         adapter = None if adapter is None or adapter.lower() == "none" else adapter
-        vllm = VllmSettings(gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size)
+        vllm = VllmSettings(
+            gpu_memory_utilization=gpu_memory_utilization, max_num_seqs=max_num_seqs, tensor_parallel_size=tensor_parallel_size, lora=vllm_lora
+        )
         settings = ModelSettings(model=model, adapter=adapter, device=device, dtype=dtype, engine=engine, vllm=vllm)
         return command(*args, model_settings=settings, **kwargs)
 

@@ -85,11 +85,32 @@ def resolve_device(name: str, index: int | None = None) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """`--dtype`; `auto`: bfloat16 on GPUs that have it (else float16), and on CPUs that
+    compute in it natively; float32 on other CPUs, where bfloat16 is emulated and slower."""
     if name != "auto":
         return DTYPES[name]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
+    return torch.bfloat16 if native_bf16() else torch.float32
+
+
+# CPU features with bfloat16 arithmetic: AVX512-BF16 (bf16 dot products; Cooper Lake, Zen 4
+# and later) and AMX (bf16 matrix tiles; Sapphire Rapids and later).
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic (Linux: read from /proc/cpuinfo; elsewhere
+    no, so float32 stays the default there)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return not set(BF16_CPU_FLAGS).isdisjoint(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return False
 
 
 def is_local(name: str) -> bool:

@@ -14,6 +14,7 @@ DEFAULT_BASE_MODEL = "bigscience/bloom-1b7"
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZE = ("8bit", "4bit")
+VLLM_LORA = ("auto", "request", "merge")
 # `--description-column none`: the catalog has no description; prompts use the product alone.
 NO_COLUMN = "none"
 
@@ -43,8 +44,14 @@ class VllmSettings:
     """Most sequences vLLM runs at once."""
     tensor_parallel_size: int = 1
     """GPUs one model is split across (a model too large for one GPU); each worker takes that many."""
+    lora: str = "auto"
+    """How an adapter reaches vLLM: `request` (its LoRARequest), `merge` (merged into the base
+    once, kept under the cache), `auto` (request on GPUs; merge on CPU, where vLLM's LoRA
+    kernels are slow, and for BLOOM, which vLLM has no LoRA for)."""
 
     def __post_init__(self):
+        if self.lora not in VLLM_LORA:
+            raise SettingsError(f"--vllm-lora must be one of {', '.join(VLLM_LORA)}, not {self.lora!r}")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise SettingsError(f"--gpu-memory-utilization must be above 0 and at most 1, not {self.gpu_memory_utilization}")
         _at_least(self.max_num_seqs, 1, "--max-num-seqs")

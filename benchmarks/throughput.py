@@ -270,13 +270,14 @@ def run_end_to_end(catalog_csv: Path, out_dir: Path, model_dir: Path, adapter_di
         return [r["ad_copy"] for r in csv.DictReader(handle)]
 
 
-def start_vllm(arch: str, model_dir: Path, adapter_dir: Path, merged_dir: Path, *, dtype, max_model_len: int):
-    """vLLM's own offline engine on what `run --engine vllm` gives it: BLOOM's adapter merged
-    (vLLM has no LoRA for BLOOM), Llama's through a LoRARequest. Returns (llm, lora_request)."""
+def start_vllm(arch: str, model_dir: Path, adapter_dir: Path, merged_dir: Path, *, device, dtype, max_model_len: int):
+    """vLLM's own offline engine on what `run --engine vllm` gives it by default: the adapter
+    merged for BLOOM (vLLM has no LoRA for BLOOM) and on CPU, else through a LoRARequest.
+    Returns (llm, lora_request)."""
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
-    merged = arch == "bloom"
+    merged = arch == "bloom" or device.type == "cpu"
     llm = LLM(
         model=str(merged_dir if merged else model_dir), dtype=str(dtype).removeprefix("torch."), seed=0,
         enable_prefix_caching=True, max_model_len=max_model_len, enable_lora=not merged, max_lora_rank=16,
@@ -532,7 +533,9 @@ def measure(args, work_dir: Path) -> int:
         merged.model.save_pretrained(work_dir / "merged")
         tokenizer.save_pretrained(work_dir / "merged")
         started = time.perf_counter()
-        llm, lora = start_vllm(args.arch, model_dir, adapter_dir, work_dir / "merged", dtype=dtype, max_model_len=builder.max_tokens + new)
+        llm, lora = start_vllm(
+            args.arch, model_dir, adapter_dir, work_dir / "merged", device=device, dtype=dtype, max_model_len=builder.max_tokens + new
+        )
         vllm_load_seconds = time.perf_counter() - started
         vllm_stops = sorted(stop_ids(model_settings, tokenizer))
     generate_only: dict[str, list[float]] = {"run": [], "run-vllm": []}  # run's own generation time, per repeat
@@ -700,11 +703,16 @@ def measure(args, work_dir: Path) -> int:
     real = [m for m, rows in divergences.items() if any(d["relative_gap"] > NEAR_TIE for d in rows)]
     if "run" in agreement and agreement["run"] != len(naive_index):
         real.append("run (its ads differ from the engine's)")
+    if "run-vllm" in agreement and agreement["run-vllm"] != len(naive_index):
+        real.append("run-vllm (its ads differ from vLLM's own)")
+    ours = [m for m in real if m.startswith(("adpulse", "run ("))]
     if real:
-        # In float32 only near-ties may differ; in half precision rounding is coarse enough
-        # that a real difference is reported, not fatal.
-        log(f"{'ERROR' if exact else 'note'}: {', '.join(real)} differ from the reference beyond near-ties")
-        return 1 if exact and any(m.startswith(("adpulse", "run")) for m in real) else 0
+        # In float32 only near-ties may differ for our engine; in half precision rounding is
+        # coarse enough that a real difference is reported, not fatal. The baselines and peers
+        # (other engines, other arithmetic) are reported, never fatal; so is vLLM, which is
+        # not batch-invariant.
+        log(f"{'ERROR' if exact and ours else 'note'}: {', '.join(real)} differ from the reference beyond near-ties")
+        return 1 if exact and ours else 0
     return 0
 
 

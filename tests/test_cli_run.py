@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -74,6 +75,15 @@ def test_report_says_what_ran(run_ads, test_model, tmp_path):
     assert report["generation"]["max_new_tokens"] == 12 and report["generation"]["temperature"] == 0
     assert report["new_tokens"] > 0 and report["seconds"] > 0
     assert len(read_csv(tmp_path / "out.csv")[1]) == 10
+
+
+def test_default_dtype_on_cpu_is_bfloat16_where_the_cpu_has_it(run_ads, tmp_path, monkeypatch):
+    monkeypatch.delenv("ADPULSE_DTYPE")  # the tests' float32 (conftest.py): the default as users get it
+    flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), [])
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    result = run_ads(SAMPLE_CSV, "-o", tmp_path / "out.csv", "--limit", 4, "--device", "cpu", "--report", tmp_path / "r.json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["engine"]["dtype"] == ("bfloat16" if native else "float32")
 
 
 def test_summary_line_on_stderr(run_cli, test_model, tmp_path):

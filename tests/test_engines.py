@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 
 
 def setup(model_dir, adapter_dir, *, chat=False, **generation):
-    model = ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device="cpu")
+    model = ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device="cpu", dtype="float32")
     builder = PromptBuilder(Template(chat=chat), load_tokenizer(model), 256)
     generator = load_generator(model, builder, GenerationSettings(**generation), device=CPU)
     return model, builder, generator, [builder.build(p, d) for p, d in PRODUCTS]

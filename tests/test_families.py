@@ -119,7 +119,7 @@ def test_engine_and_dtype_decide_the_cache_and_the_kept_work(run_ads, monkeypatc
     monkeypatch.setitem(ENGINES, "fixed", lambda: FixedEngine)
     adapter = json.loads(report.read_text())["model"]["adapter"]
     summary = run_catalog(RunSettings(
-        input=source, output=out, keep_work=True, model=ModelSettings(adapter=adapter, engine="fixed"),
+        input=source, output=out, keep_work=True, model=ModelSettings(adapter=adapter, engine="fixed", dtype="float32"),
         generation=GenerationSettings(max_new_tokens=12),
     ))  # fmt: skip
     assert (summary.rows_from_cache, summary.rows_resumed, summary.rows_generated) == (0, 0, 2)

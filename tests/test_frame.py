@@ -11,7 +11,7 @@ from conftest import SAMPLE_CSV, read_csv
 
 @pytest.fixture(scope="module")
 def writer(test_model):
-    return AdWriter(ModelSettings(adapter=str(test_model[1])), GenerationSettings(max_new_tokens=12))
+    return AdWriter(ModelSettings(adapter=str(test_model[1]), dtype="float32"), GenerationSettings(max_new_tokens=12))
 
 
 def test_frame_gets_the_ads_run_writes(writer, run_ads, tmp_path):

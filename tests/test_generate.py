@@ -37,7 +37,7 @@ def tokenizer_setup(request, family_models):
     """(tokenizer, stop rule) of byte-level BLOOM, and of Llama's SentencePiece with byte
     fallback (its `#` is a byte token) and two end-of-text ids."""
     model_dir, _ = family_models(request.param)
-    model = ModelSettings(model=str(model_dir), adapter=None)
+    model = ModelSettings(model=str(model_dir), adapter=None, dtype="float32")
     tokenizer = load_tokenizer(model)
     return tokenizer, StopRule(tokenizer, stop_ids(model, tokenizer))
 
@@ -53,7 +53,7 @@ def write(tokenizer_setup, script, *, prompts=1, **settings):
 
 def test_llama_stops_at_each_of_its_end_of_text_ids(family_models):
     model_dir, _ = family_models("llama")
-    model = ModelSettings(model=str(model_dir), adapter=None)
+    model = ModelSettings(model=str(model_dir), adapter=None, dtype="float32")
     tokenizer = load_tokenizer(model)
     ids = stop_ids(model, tokenizer)
     assert ids == {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|eot_id|>")}

@@ -153,7 +153,7 @@ def test_an_ad_the_model_never_writes_is_failed_empty_not_ok(test_model, monkeyp
 
     monkeypatch.setitem(ENGINES, "silent", lambda: SilentEngine)
     source = write_csv(tmp_path / "in.csv", ["name", "description"], [["Mug", "Blue"], ["", ""]])
-    run_catalog(RunSettings(input=source, output=tmp_path / "out.csv", model=ModelSettings(adapter=str(test_model[1]), engine="silent")))
+    run_catalog(RunSettings(input=source, output=tmp_path / "out.csv", model=ModelSettings(adapter=str(test_model[1]), engine="silent", dtype="float32")))
     assert [row[2:] for row in read_csv(tmp_path / "out.csv")[1]] == [
         ["", "failed: empty ad", ""],
         ["", "skipped: no product name or description", ""],

@@ -167,7 +167,7 @@ def test_output_directory_is_made_and_an_unusable_cache_is_skipped(run_ads, test
     # left where it is, and the run goes on without it.
     folder = tmp_path / "folder"
     folder.mkdir()
-    settings = RunSettings(input=source, output=tmp_path / "b.csv", model=ModelSettings(adapter=str(adapter)),
+    settings = RunSettings(input=source, output=tmp_path / "b.csv", model=ModelSettings(adapter=str(adapter), dtype="float32"),
                            generation=GenerationSettings(max_new_tokens=4), cache=folder)  # fmt: skip
     assert run_catalog(settings).rows_generated == 3
     assert folder.is_dir() and not list(tmp_path.glob("folder.corrupt-*"))

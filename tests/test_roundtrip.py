@@ -25,7 +25,7 @@ CHECKS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthC
 
 def run(source: Path, adapter: Path, **extra) -> Path:
     output = source.with_name("out" + source.suffix)
-    run_catalog(RunSettings(input=source, output=output, model=ModelSettings(adapter=str(adapter)),
+    run_catalog(RunSettings(input=source, output=output, model=ModelSettings(adapter=str(adapter), dtype="float32"),
                             generation=GenerationSettings(max_new_tokens=2), use_cache=False, **extra))  # fmt: skip
     return output
 

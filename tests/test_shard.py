@@ -57,7 +57,7 @@ def catalogs(root):
 
 def settings_for(source, output, adapter, **extra):
     return RunSettings(
-        input=source, output=output, model=ModelSettings(adapter=str(adapter), device="cpu"),
+        input=source, output=output, model=ModelSettings(adapter=str(adapter), device="cpu", dtype="float32"),
         generation=GenerationSettings(max_new_tokens=10), batch_size=2, use_cache=False, **extra,
     )
 

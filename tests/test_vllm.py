@@ -29,18 +29,21 @@ def run(run_cli, model_dir, adapter_dir, out, *args):
     return read_csv(out), json.loads(out.with_suffix(".json").read_text())
 
 
-@pytest.mark.parametrize("arch", ["bloom", "llama"])  # BLOOM's adapter merged once; Llama's through LoRARequest
-def test_vllm_writes_the_torch_engines_ads(run_cli, family_models, tmp_path, arch):
+# On CPU an adapter is merged once by default (a BLOOM adapter always: vLLM has no LoRA for
+# BLOOM); with --vllm-lora request, a Llama adapter goes as a LoRARequest.
+@pytest.mark.parametrize("arch, lora", [("bloom", "auto"), ("llama", "auto"), ("llama", "request")])
+def test_vllm_writes_the_torch_engines_ads(run_cli, family_models, tmp_path, arch, lora):
     model_dir, adapter_dir = family_models(arch)
     torch_table, _ = run(run_cli, model_dir, adapter_dir, tmp_path / "torch.csv", "--no-cache")
-    vllm_table, report = run(run_cli, model_dir, adapter_dir, tmp_path / "vllm.csv", "--engine", "vllm")
+    vllm_table, report = run(run_cli, model_dir, adapter_dir, tmp_path / "vllm.csv", "--engine", "vllm", "--vllm-lora", lora)
     assert vllm_table == torch_table  # ads, statuses and flags
     assert report["engine"]["engine"] == "vllm" and report["model_loaded"]
+    assert report["engine"]["adapter"] == ("request" if lora == "request" else "merge")
     assert report["load_seconds"] > 0 and report["generate_seconds"] > 0
     merged = sorted(merged_root().glob("*/config.json")) if merged_root().exists() else []
-    assert len(merged) == (arch == "bloom")  # BLOOM's adapter was merged once, into the cache
+    assert len(merged) == (lora == "auto")  # merged once, into the cache
     # The same run again: every ad from the cache, no engine started.
-    again, report = run(run_cli, model_dir, adapter_dir, tmp_path / "again.csv", "--engine", "vllm")
+    again, report = run(run_cli, model_dir, adapter_dir, tmp_path / "again.csv", "--engine", "vllm", "--vllm-lora", lora)
     assert again == vllm_table
     assert not report["model_loaded"] and report["rows_from_cache"] == report["rows_total"] - report["rows_skipped"]
 

@@ -7,9 +7,10 @@ seed, every stop id and the stop text, a retried answer's minimum length, and th
 words as vLLM's `bad_words` (which bans token sequences, not casings: each word goes in
 lower, Title and UPPER case; other spellings are left to the `banned-word` flag).
 
-Adapters go through `LoRARequest` on the families vLLM applies LoRA to; BLOOM's (vLLM has no
-LoRA for BLOOM) are merged once into a model directory under the cache, keyed by the
-model's and adapter's content, and reused on later nights.
+Adapters go through `LoRARequest` on GPUs, for the families vLLM applies LoRA to; on CPU
+(where vLLM's LoRA kernels are slow) and for BLOOM (vLLM has no LoRA for it) they are merged
+once into a model directory under the cache, keyed by the model's and adapter's content,
+and reused on later nights. `--vllm-lora` chooses otherwise.
 
 vLLM is imported only when this engine loads: it takes seconds, and a run whose ads all come
 from the cache never loads an engine.
@@ -31,6 +32,7 @@ import torch
 from adpulse_batch.engines import Decoding, Engine, Request
 from adpulse_batch.errors import SettingsError, first_line
 from adpulse_batch.model import (
+    base_config,
     base_model_name,
     is_local,
     load_model,
@@ -79,6 +81,7 @@ class VllmEngine(Engine):
             "device": device.type,
             "dtype": str(resolve_dtype(model.dtype, device)).removeprefix("torch."),
             "tensor_parallel_size": model.vllm.tensor_parallel_size,
+            "adapter": adapter_route(model, device),  # merged or unmerged LoRA round differently
             "torch": torch.__version__,
         }
 
@@ -89,7 +92,7 @@ class VllmEngine(Engine):
         import vllm
         from vllm.lora.request import LoRARequest
 
-        weights = _weights(model)
+        weights = _weights(model, device)
         options = model.vllm
         if device.type == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             _own_gpus(device.index or 0, options.tensor_parallel_size)
@@ -154,12 +157,28 @@ class Weights:
     rank: int = 16
 
 
-def _weights(model) -> Weights:
-    """The base model (and the adapter, through a LoRARequest), or, for a family vLLM has no
-    LoRA for, the merged model."""
-    if model.adapter is None or model_family(model).vllm_lora:
-        if model.adapter is None:
-            return Weights(base_model_name(model), tokenizer_source(model))
+def adapter_route(model, device) -> str | None:
+    """How the adapter reaches vLLM: "request" (a LoRARequest), "merge" (merged into the base
+    once), None (no adapter). `--vllm-lora auto` merges for BLOOM (vLLM has no LoRA for it)
+    and on CPU (vLLM's CPU LoRA kernels are several times slower than merged weights:
+    benchmarks/README.md)."""
+    if model.adapter is None:
+        return None
+    lora, supported = model.vllm.lora, model_family(model).vllm_lora
+    if lora == "request" and not supported:
+        kind = base_config(model).get("model_type")
+        raise SettingsError(f"--vllm-lora request: vLLM has no LoRA for {kind} models; use --vllm-lora merge or auto")
+    if lora == "auto":
+        return "request" if supported and device.type == "cuda" else "merge"
+    return lora
+
+
+def _weights(model, device) -> Weights:
+    """The base model and the adapter of a LoRARequest, or the merged model."""
+    route = adapter_route(model, device)
+    if route is None:
+        return Weights(base_model_name(model), tokenizer_source(model))
+    if route == "request":
         adapter = _local(model.adapter)
         rank = json.loads((adapter / "adapter_config.json").read_text())["r"]
         return Weights(base_model_name(model), tokenizer_source(model), str(adapter), next((r for r in _LORA_RANKS if r >= rank), _LORA_RANKS[-1]))
