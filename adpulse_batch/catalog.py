@@ -1,7 +1,7 @@
 """Reading catalogs in bounded chunks, and writing them back with the ad columns added.
 
 A catalog is a CSV, Parquet or JSONL file, or a directory of Parquet files read as one
-dataset. Rows keep their position as their row id (0, 1, 2, ...) from reading to writing.
+dataset, on local disk or in object storage (storage.py: the same reads, through a stream). Rows keep their position as their row id (0, 1, 2, ...) from reading to writing.
 Input columns are never changed: CSV cells stay the exact text of the file, Parquet columns
 keep their Arrow types, JSONL objects keep their keys and values.
 """
@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from adpulse_batch.errors import InputError, SettingsError, first_line, writing
 from adpulse_batch.settings import NO_COLUMN, check_utf8_name
+from adpulse_batch.storage import ObjectPath, local_output_path, location
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,7 @@ class Catalog:
     def _parquet_tables(self, rows: int) -> Iterator[pa.Table]:
         for path in self.files:
             try:
-                for batch in pq.ParquetFile(path).iter_batches(batch_size=rows):
+                for batch in pq.ParquetFile(_parquet_source(path)).iter_batches(batch_size=rows):
                     yield _conform(pa.Table.from_batches([batch]), self.schema)
             except (pa.ArrowInvalid, OSError) as error:
                 raise InputError(f"{path} is not a readable Parquet file: {first_line(error)}") from None
@@ -214,7 +215,7 @@ def open_catalog(path: str | os.PathLike, *, encoding: str = "utf-8", limit: int
     parse fails before any model is loaded, and the progress bar knows the total; their
     bytes are hashed on the way (to the end of the file, also with a limit).
     """
-    path = Path(path)
+    path = location(path, flag="input")
     if not path.exists():
         raise InputError(f"input {path} does not exist")
     if not (path.is_dir() or path.is_file()):  # a pipe would hang the second read, or give it nothing
@@ -225,7 +226,7 @@ def open_catalog(path: str | os.PathLike, *, encoding: str = "utf-8", limit: int
     if fmt == "parquet":
         files = _parquet_files(path)
         schema = _parquet_schema(files)
-        num_rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        num_rows = sum(pq.ParquetFile(_parquet_source(f)).metadata.num_rows for f in files)
         catalog = Catalog(path, fmt, schema.names, num_rows, schema=schema, files=files)
     else:
         _check_encoding(encoding)
@@ -268,7 +269,7 @@ def catalog_format(path: Path, *, role: str) -> str:
 
 def default_output_path(input_path: Path) -> Path:
     """`catalog.csv` -> `catalog.ads.csv`; a Parquet directory `shop/` -> `shop.ads.parquet`."""
-    input_path = Path(input_path)
+    input_path = location(input_path, flag="input")
     if input_path.is_dir():
         return input_path.parent / f"{input_path.name}.ads.parquet"
     catalog_format(input_path, role="input")  # `catalog.csv.gz` is named as the input it is, not as `catalog.csv.ads.gz`
@@ -347,10 +348,20 @@ def _open_text(path: Path, encoding: str, *, newline: str | None = None, digest=
     """A catalog file as text; every byte read from it is added to `digest` when given."""
     # utf-8-sig reads plain UTF-8 too, and drops the byte-order mark Excel writes.
     python_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    if digest is None:
+    if digest is None and not isinstance(path, ObjectPath):
         return open(path, encoding=python_encoding, newline=newline)
-    raw = io.BufferedReader(_Digesting(open(path, "rb"), digest), 1 << 20)
+    raw = _open_binary(path) if digest is None else io.BufferedReader(_Digesting(_open_binary(path), digest), 1 << 20)
     return io.TextIOWrapper(raw, encoding=python_encoding, newline=newline)
+
+
+def _open_binary(path: Path | ObjectPath):
+    """A catalog file's bytes: a local file, or an object's stream (read as it is needed)."""
+    return io.BufferedReader(path.open_stream(), 1 << 20) if isinstance(path, ObjectPath) else open(path, "rb")
+
+
+def _parquet_source(path: Path | ObjectPath):
+    """What pyarrow reads a Parquet file from: its path, or the object as a random-access file."""
+    return path.open_file() if isinstance(path, ObjectPath) else path
 
 
 class _Digesting(io.RawIOBase):
@@ -372,8 +383,8 @@ class _Digesting(io.RawIOBase):
         super().close()
 
 
-def _file_digest(path: Path) -> str:
-    with open(path, "rb") as handle:
+def _file_digest(path: Path | ObjectPath) -> str:
+    with _open_binary(path) as handle:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
@@ -482,7 +493,7 @@ def _decode_error(path: Path, encoding: str) -> InputError:
     """Name the first line that does not decode (text files decode ahead in blocks, so the
     reader's own position says little)."""
     decoder = codecs.getincrementaldecoder(encoding)()
-    with open(path, "rb") as handle:
+    with _open_binary(path) as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 decoder.decode(line)
@@ -517,7 +528,7 @@ def _parquet_schema(files: list[Path]) -> pa.Schema:
     schemas = []
     for f in files:
         try:
-            schemas.append(pq.read_schema(f))
+            schemas.append(pq.read_schema(_parquet_source(f)))
         except (pa.ArrowInvalid, OSError) as error:
             raise InputError(f"{f} is not a valid Parquet file: {first_line(error)}") from None
     try:
@@ -554,7 +565,7 @@ class CatalogWriter:
     """
 
     def __init__(self, path: Path, catalog: Catalog, new_columns: list[str]):
-        self.path = Path(path)
+        self.path = location(path, flag="-o/--output")
         self.format = catalog_format(self.path, role="output")
         self.catalog = catalog
         self.new_columns = new_columns
@@ -588,7 +599,11 @@ class CatalogWriter:
                 self.write(Chunk(0, table=self.catalog.arrow_schema().empty_table()), {c: [] for c in self.new_columns})
             with writing(self.path, OUTPUT_FIX):
                 self._close()
-                os.replace(self.temp_path, self.target)
+                if isinstance(self.path, ObjectPath):
+                    self.path.upload(self.temp_path)  # whole, or not at all
+                    self.temp_path.unlink()
+                else:
+                    os.replace(self.temp_path, self.target)
         except BaseException:
             self.abort()
             raise
@@ -648,6 +663,9 @@ def check_writable_path(path: Path | None, *, flag: str) -> None:
     this user may not write in."""
     if path is None:
         return
+    if isinstance(path, ObjectPath):
+        path.check_writable(flag)
+        return
     if path.is_dir():
         raise SettingsError(f"{flag} {path} is a directory; name a file")
     folder = next(p for p in path.parents if p.exists())  # its directory, or the one it will be made in
@@ -659,7 +677,10 @@ def check_writable_path(path: Path | None, *, flag: str) -> None:
 
 def output_target(output: Path) -> Path:
     """The file an output path stands for: the target of a symbolic link (the file there is
-    replaced and the link stays, as `>` in a shell would have it), else the path itself."""
+    replaced and the link stays, as `>` in a shell would have it), else the path itself; for
+    an object, the local file uploaded as it."""
+    if isinstance(output, ObjectPath):
+        return local_output_path(output)
     output = Path(output)
     return Path(os.path.realpath(output)) if output.is_symlink() else output
 

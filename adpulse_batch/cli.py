@@ -20,6 +20,7 @@ from adpulse_batch.engines import ENGINES
 from adpulse_batch.errors import AdPulseError, Terminated
 from adpulse_batch.families import FAMILIES
 from adpulse_batch.settings import DEFAULT_ADAPTER, DEFAULT_BASE_MODEL, DEVICES, DTYPES, QUANTIZE, VLLM_LORA
+from adpulse_batch.storage import is_uri
 
 log = logging.getLogger("adpulse_batch")
 
@@ -228,7 +229,7 @@ def load_job(ctx: click.Context, param: click.Parameter, value: Path | None) -> 
         expected = _job_value_type(params[name], setting)
         if expected is not None:
             raise click.BadParameter(f"{value}: {key!r} must be {expected}, not {_toml_text(setting)}", param_hint="'--job'")
-        if name in JOB_PATHS or (name in ("model", "adapter") and (value.parent / str(setting)).exists()):
+        if (name in JOB_PATHS and not is_uri(setting)) or (name in ("model", "adapter") and (value.parent / str(setting)).exists()):
             setting = os.path.abspath(value.parent / str(setting))
         defaults[name] = setting
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
@@ -265,8 +266,9 @@ def _toml_text(setting) -> str:
 @cli.command()
 @click.option("--job", type=click.Path(path_type=Path, dir_okay=False), metavar="FILE", is_eager=True, expose_value=False,
               callback=load_job, help="Read run options from a TOML job file (flags given here override it).")
-@click.argument("input", type=click.Path(path_type=Path), required=False)
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (.csv, .parquet or .jsonl). Default: <stem>.ads.<suffix> beside the input.")
+# INPUT and -o stay text: pathlib would fold the "//" of an s3:// URI.
+@click.argument("input", required=False)
+@click.option("-o", "--output", metavar="PATH|URI", help="Output file (.csv, .parquet or .jsonl), a local path or an s3://, gs:// or hf:// URI. Default: <stem>.ads.<suffix> beside the input.")
 @column_options
 @click.option("--ad-column", default="ad_copy", show_default=True, help="Name of the new ad column (<name>_1..<name>_K with --num-variants K).")
 @click.option("--status-column", default="ad_status", show_default=True, help="Name of the new status column.")
@@ -311,7 +313,8 @@ def run(ctx, input, output, product_column, description_column, ad_column, statu
         num_processes, log_format, quiet):
     """Write an ad for every product of a catalog.
 
-    INPUT is a .csv, .parquet or .jsonl catalog, or a directory of Parquet files. The output
+    INPUT is a .csv, .parquet or .jsonl catalog, or a directory of Parquet files, on local
+    disk or in object storage (s3://, gs://, hf:// or file:// URIs). The output
     has every input row once, in order, unchanged, plus the ad, status and flags columns.
     Exit codes: 0 done, 2 bad input or usage, 3 another run is writing the output, 1 anything else.
 
@@ -320,6 +323,7 @@ def run(ctx, input, output, product_column, description_column, ad_column, statu
         adpulse-batch run catalog.parquet
         adpulse-batch run catalog.csv -o ads.csv --adapter adapters/mine --limit 20
         adpulse-batch run catalog.csv --channel google-ads-headline --banned-words banned.txt --html-report ads.html
+        adpulse-batch run s3://shop/catalog.parquet -o s3://shop/catalog.ads.parquet
         adpulse-batch run --job jobs/nightly.toml
     """
     from adpulse_batch.banned import load_banned_words

@@ -4,10 +4,8 @@
 way a class-based UDF is used:
 
     writer = AdWriter(ModelSettings(adapter="adapters/mine"))
-    df = writer(df)                                            # a notebook
-    ds.map_batches(AdWriter, fn_constructor_args=(ModelSettings(...),),
-                   batch_format="pandas", concurrency=4, num_gpus=1)   # Ray Data
-    sdf.mapInPandas(lambda frames: map(writer, frames), schema)         # Spark
+    df = writer(df)                                    # a pandas DataFrame, in a notebook
+    table = writer.add_to_arrow(table)                 # an Arrow table: what spark.py and ray.py hand it
 
 It plans and generates exactly as `run` does (same template, prompts, truncation, dedupe,
 statuses and greedy ads); the nightly-job machinery (files, cache, resume) stays in `run`.
@@ -16,6 +14,7 @@ statuses and greedy ads); the nightly-job machinery (files, cache, resume) stays
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow as pa
 
 from adpulse_batch.banned import BannedWords
 from adpulse_batch.catalog import Chunk, find_prompt_columns
@@ -61,26 +60,50 @@ class AdWriter:
         self.builder.check()
         self._generator = None
 
-    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """`frame` with the ad, status and flags columns added (a new DataFrame; same index and rows)."""
-        columns = [str(c) for c in frame.columns]
-        for name in [*self.ad_columns, self.status_column, *self.flags_columns]:
+    @property
+    def new_columns(self) -> list[str]:
+        """The columns the writer appends, in order."""
+        return [*self.ad_columns, self.status_column, *self.flags_columns]
+
+    def check_columns(self, columns: list[str]) -> tuple[str, str | None]:
+        """The product and description columns among `columns`; an InputError when there is
+        no product column or a new column's name is taken. Spark and Ray call it on the
+        driver, before any worker loads a model."""
+        for name in self.new_columns:
             if name in columns:
                 raise InputError(
                     f"the DataFrame already has a column named {name!r}; choose another ad_column, status_column or flags_column"
                 )
-        product, description = find_prompt_columns(
-            columns, self.product_column, self.description_column, flags=("product_column", "description_column")
-        )
+        return find_prompt_columns(columns, self.product_column, self.description_column, flags=("product_column", "description_column"))
+
+    def __call__(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """`frame` with the ad, status and flags columns added (a new DataFrame; same index and rows)."""
+        columns = [str(c) for c in frame.columns]
         by_name = dict(zip(columns, frame.columns))
-        cells = {name: frame[by_name[name]].tolist() for name in (product, description) if name is not None}
+        new = self._ad_values(columns, lambda name: frame[by_name[name]].tolist(), lambda: frame.to_dict("records"), len(frame))
+        return frame.assign(**{name: pd.Series(values, index=frame.index) for name, values in new.items()})
+
+    def add_to_arrow(self, table: pa.Table) -> pa.Table:
+        """`table` with the ad, status and flags columns appended as strings. Its own columns
+        are passed on as they are, never converted, and its rows reach the prompts and flags
+        as Python values, as `run` reads a Parquet catalog."""
+        new = self._ad_values(table.column_names, lambda name: table.column(name).to_pylist(), table.to_pylist, table.num_rows)
+        for name, values in new.items():
+            table = table.append_column(name, pa.array(values, pa.string()))
+        return table
+
+    def _ad_values(self, columns: list[str], cells_of, records, num_rows: int) -> dict[str, list[str]]:
+        """The new columns' values for `num_rows` rows: `cells_of(column)` gives one column's
+        values, `records()` every row as a dict (for the flags)."""
+        product, description = self.check_columns(columns)
+        cells = {name: cells_of(name) for name in (product, description) if name is not None}
         chunk = Chunk(0, records=[dict(zip(cells, row)) for row in zip(*cells.values())])
         plan = Planner(self.template, product, description).plan(chunk)
         encode_prompts(self.builder, plan.prompts)
 
-        ads = [[""] * len(self.ad_columns) for _ in range(len(frame))]
-        fits = [[""] * len(self.ad_columns) for _ in range(len(frame))]
-        status = [""] * len(frame)
+        ads = [[""] * len(self.ad_columns) for _ in range(num_rows)]
+        fits = [[""] * len(self.ad_columns) for _ in range(num_rows)]
+        status = [""] * num_rows
         for row, reason in plan.skipped.items():
             status[row] = SKIPPED.format(reason)
         if plan.prompts:
@@ -93,17 +116,16 @@ class AdWriter:
         new = {name: [a[k] for a in ads] for k, name in enumerate(self.ad_columns)}
         new[self.status_column] = status
         if self.flags_columns:
-            new.update(zip(self.flags_columns, self._flags(frame, plan, ads, fits)))
-        return frame.assign(**{name: pd.Series(values, index=frame.index) for name, values in new.items()})
+            new.update(zip(self.flags_columns, self._flags(records(), plan, ads, fits)))
+        return new
 
-    def _flags(self, frame: pd.DataFrame, plan, ads: list[list[str]], fits: list[list[str]]) -> list[list[str]]:
+    def _flags(self, records: list[dict], plan, ads: list[list[str]], fits: list[list[str]]) -> list[list[str]]:
         """Each variant's flags column, every cell of the row checked. `duplicate` is left
         out: it compares the ads of a whole run, and a batch function sees one batch (so a
         row's flags do not depend on how the rows were cut into batches)."""
         flagger = AdFlagger(self.rules, len(self.ad_columns), duplicates=False)
-        records = frame.to_dict("records")
         return [
-            [flagger.flags(row, k, records[row], ads[row][k], fits[row][k]) if row not in plan.skipped else "" for row in range(len(frame))]
+            [flagger.flags(row, k, records[row], ads[row][k], fits[row][k]) if row not in plan.skipped else "" for row in range(len(records))]
             for k in range(len(self.ad_columns))
         ]
 

@@ -3,6 +3,7 @@ with the holder's pid and host instead of both writing."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from adpulse_batch.catalog import OUTPUT_FIX, output_target, remove_temporary_outputs
 from adpulse_batch.errors import InputError, LockedError, writing
+from adpulse_batch.storage import ObjectPath
 
 
 class OutputLock:
@@ -20,10 +22,12 @@ class OutputLock:
     The operating system drops the lock when its process dies, so a crashed run never
     leaves a stale lock behind; the file's text only names the holder for the message. The
     holder also owns the output's temporary files: those of killed runs go when it locks.
+    An object output is locked in its local staging directory: runs on this machine exclude
+    each other; an object store has no locks to offer runs on other machines.
     """
 
     def __init__(self, output: Path):
-        self.output = Path(output)
+        self.output = output if isinstance(output, ObjectPath) else Path(output)
         target = output_target(self.output)  # two links to one file share its lock
         self.path = target.with_name(f".{target.name}.lock")
         self._handle = None
@@ -66,6 +70,9 @@ class OutputLock:
             self.path.unlink(missing_ok=True)
             self._handle.close()
             self._handle = None
+            if isinstance(self.output, ObjectPath):
+                with contextlib.suppress(OSError):  # kept while it holds a work directory to resume
+                    self.path.parent.rmdir()
 
     def __enter__(self) -> OutputLock:
         self.acquire()

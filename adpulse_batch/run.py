@@ -42,6 +42,7 @@ from adpulse_batch.plan import Planner, template_fits_untokenized
 from adpulse_batch.prompts import PromptBuilder
 from adpulse_batch.settings import RunSettings
 from adpulse_batch.shard import current_workers
+from adpulse_batch.storage import ObjectPath, local_output_path
 from adpulse_batch.workdir import Layout, WorkDir, assemble
 from adpulse_batch.worker import Worker
 
@@ -117,8 +118,15 @@ class Job:
 def prepare(settings: RunSettings) -> Job:
     """Check everything that can be checked before a model is loaded: input, columns,
     output, template, that the model and adapter exist and are of kinds run can use."""
+    if isinstance(settings.input, ObjectPath) and not settings.input.exists():  # before the output beside it
+        raise InputError(f"input {settings.input} does not exist")
     output = settings.output or default_output_path(settings.input)
     output_format = catalog_format(output, role="output")
+    if isinstance(output, ObjectPath) and settings.work_dir is None and _machines() > 1:
+        raise SettingsError(
+            f"-o/--output {output} on several machines: their parts would stay on each machine's disk; "
+            "name a --work-dir that every machine mounts"
+        )
     if output.resolve() == settings.input.resolve():
         raise SettingsError(f"output {output} is the input file; name another with -o/--output")
     for path, flag in ((output, "-o/--output"), (settings.report, "--report"), (settings.html_report, "--html-report")):
@@ -141,10 +149,17 @@ def prepare(settings: RunSettings) -> Job:
     return Job(settings, catalog, output, Planner(template, product, description), batch_size)
 
 
+def _machines() -> int:
+    """More than 1 when torchrun has started workers on several machines."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return 1 if world <= 1 else -(-world // int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+
+
 def work_dir_for(settings: RunSettings, output: Path) -> Path:
     """`--work-dir`, else a hidden directory beside the output (same file system, so parts are
-    renamed into place, and shared by the machines of a multi-machine run)."""
-    return settings.work_dir or output.with_name(f".{output.name}.adpulse-work")
+    renamed into place, and shared by the machines of a multi-machine run); for an object
+    output, beside the local file that is uploaded as it."""
+    return settings.work_dir or local_output_path(output).with_name(f".{output.name}.adpulse-work")
 
 
 def run_catalog(settings: RunSettings, *, progress: bool = False) -> RunSummary | None:

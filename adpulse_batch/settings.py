@@ -147,9 +147,11 @@ class RunSettings:
     """Everything `adpulse-batch run` needs."""
 
     input: Path
-    """Catalog: .csv, .parquet, .jsonl, or a directory of Parquet files."""
+    """Catalog: .csv, .parquet, .jsonl, or a directory of Parquet files; a local path, or an
+    s3://, gs://, hf:// or file:// URI (kept as a `storage.ObjectPath`)."""
     output: Path | None = None
-    """Where to write; the format follows the suffix. None: `<stem>.ads.<suffix>` beside the input."""
+    """Where to write; the format follows the suffix; a local path or a URI, as `input`.
+    None: `<stem>.ads.<suffix>` beside the input."""
     product_column: str | None = None
     """Column with the product name. None: detected (product, product_name, name, title)."""
     description_column: str | None = None
@@ -192,14 +194,18 @@ class RunSettings:
     """In CSV output, an ad starting like a spreadsheet formula gets a leading quote."""
 
     def __post_init__(self):
+        from adpulse_batch.storage import local_only, location
+
         flags = {
             "input": "input", "output": "-o/--output", "template": "--template", "report": "--report",
             "html_report": "--html-report", "work_dir": "--work-dir", "cache": "--cache",
         }  # fmt: skip
         for name, flag in flags.items():
             if getattr(self, name) is not None:
-                object.__setattr__(self, name, Path(getattr(self, name)))
-                check_utf8_name(getattr(self, name), flag)
+                value = getattr(self, name)
+                path = location(value, flag=flag) if name in ("input", "output") else Path(local_only(value, flag=flag))
+                object.__setattr__(self, name, path)
+                check_utf8_name(path, flag)
         _at_least(self.batch_size, 1, "--batch-size")
         _at_least(self.max_prompt_tokens, 16, "--max-prompt-tokens")
         _at_least(self.limit, 0, "--limit")

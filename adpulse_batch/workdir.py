@@ -32,6 +32,7 @@ from adpulse_batch.flags import AdFlagger, FlagRules
 from adpulse_batch.html_report import ReportCollector
 from adpulse_batch.plan import TRUNCATED
 from adpulse_batch.prompts import field_text
+from adpulse_batch.storage import ObjectPath
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,7 @@ class WorkDir:
             )
         # A manifest without an output is from a release before outputs were recorded: its
         # fingerprint cannot match, so its work is started over.
-        if found.setdefault("output", str(Path(output).resolve())) != str(Path(output).resolve()):
+        if found.setdefault("output", _output_name(output)) != _output_name(output):
             raise InputError(
                 f"the work directory {self.path} holds the work of a run writing {found.get('output')}; "
                 "give each output its own --work-dir"
@@ -128,7 +129,7 @@ class WorkDir:
                 log.warning("%s cannot be read (%s); its rows are generated again", part, problem)
                 with writing(part, WORK_FIX):
                     part.unlink()
-        _write_json(manifest, {"fingerprint": fingerprint, "output": str(Path(output).resolve())})
+        _write_json(manifest, {"fingerprint": fingerprint, "output": _output_name(output)})
         parts = [p.name for p in self.parts()]
         _write_json(self.path / RESUMED, {"parts": parts})
         rows = sum(_part_rows(name) for name in parts)
@@ -315,6 +316,11 @@ def assemble(
 def _prompt_fields(chunk, layout: Layout) -> tuple[list[str], list[str]]:
     """The product and description of each row of a chunk, as prompts have them."""
     return [field_text(v) for v in chunk.values(layout.product_column)], [field_text(v) for v in chunk.values(layout.description_column)]
+
+
+def _output_name(output: Path | ObjectPath) -> str:
+    """The output as a manifest records it: an absolute path, or the object's URI."""
+    return str(output) if isinstance(output, ObjectPath) else str(Path(output).resolve())
 
 
 def _write_json(path: Path, data: dict) -> None:

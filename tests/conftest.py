@@ -43,6 +43,14 @@ def test_model(tmp_path_factory):
     return root / "tiny", root / "tiny-adapter"
 
 
+@pytest.fixture(scope="session")
+def cpu_model(test_model):
+    """ModelSettings of the test adapter on CPU in float32: its greedy ads are run's, whatever the batch."""
+    from adpulse_batch.settings import ModelSettings
+
+    return ModelSettings(adapter=str(test_model[1]), device="cpu", dtype="float32")
+
+
 # The families the engine and CLI tests run over: ALiBi (BLOOM), RoPE with BOS, byte fallback
 # and two end-of-text ids (Llama), RoPE without BOS, ChatML (Qwen2).
 ARCHES = ["bloom", "llama", "qwen2"]
@@ -110,3 +118,31 @@ def assert_same_table(actual, expected) -> None:
     """Same column names, Arrow types and values (NaN equal to NaN, which Table.equals denies)."""
     assert actual.schema.remove_metadata() == expected.schema.remove_metadata()
     assert repr(actual.to_pylist()) == repr(expected.to_pylist())
+
+
+def run_rows(run_ads, output: Path) -> list[dict]:
+    """The rows `adpulse-batch run` writes for the sample Parquet catalog, each a dict, less
+    the `duplicate` flag: it compares a whole run's ads, and a batch function sees one batch."""
+    import pyarrow.parquet as pq
+
+    result = run_ads(SAMPLE_PARQUET, "-o", output, "--no-cache")
+    assert result.exit_code == 0, result.stderr
+    rows = pq.read_table(output).to_pylist()
+    for row in rows:
+        row["ad_flags"] = ",".join(f for f in row["ad_flags"].split(",") if f and f != "duplicate")
+    return rows
+
+
+def sortable(rows: list[dict]) -> list[str]:
+    """Rows in a canonical order, to compare outputs whose row order a cluster may change."""
+    return sorted(repr(sorted(row.items())) for row in rows)
+
+
+def load_job(name: str):
+    """A script of jobs/ as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"jobs_{name}", REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

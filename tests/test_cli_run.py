@@ -274,3 +274,31 @@ def test_models_run_cannot_use_are_refused_before_any_work(run_cli, test_model, 
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "adpulse_batch", "--help"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0 and "run" in result.stdout
+
+
+def test_file_uris_are_local_paths_and_other_flags_take_no_uri(run_ads, tmp_path):
+    assert run_ads(SAMPLE_CSV, "-o", tmp_path / "plain.csv").exit_code == 0
+    result = run_ads(SAMPLE_CSV.as_uri(), "-o", (tmp_path / "from uri.csv").as_uri())  # file:///.../from%20uri.csv
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "from uri.csv").read_bytes() == (tmp_path / "plain.csv").read_bytes()
+    for args, message in [
+        (["--work-dir", "s3://bucket/work"], "--work-dir takes a local path, not s3://bucket/work; object storage URIs are for INPUT and -o/--output"),
+        (["-o", "https://example.com/ads.csv"], "-o/--output https://example.com/ads.csv: use a local path or an s3://, gs://, hf:// or file:// URI"),
+        (["-o", "s3://bucket"], "-o/--output s3://bucket: name an object in the bucket (s3://BUCKET/KEY)"),
+    ]:  # fmt: skip
+        result = run_ads(SAMPLE_CSV, *args)
+        assert (result.exit_code, result.stderr) == (2, f"Error: {message}\n")
+    job = tmp_path / "job.toml"
+    job.write_text(f'input = "{SAMPLE_CSV.as_uri()}"\noutput = "https://example.com/ads.csv"\n')  # URIs are not made relative to the file
+    result = run_ads("--job", job)
+    assert (result.exit_code, result.stderr) == (2, "Error: -o/--output https://example.com/ads.csv: use a local path or an s3://, gs://, hf:// or file:// URI\n")
+
+
+
+def test_an_object_output_on_several_machines_needs_a_shared_work_dir(run_ads):
+    # As torchrun sets it up for rank 0 of 2 machines with a worker each (checked before any worker starts talking).
+    result = run_ads(SAMPLE_CSV, "-o", "s3://bucket/ads.csv", env={"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1", "RANK": "0"})
+    assert (result.exit_code, result.stderr) == (2, (
+        "Error: worker 0 of 2: -o/--output s3://bucket/ads.csv on several machines: their parts would stay on each machine's disk; "
+        "name a --work-dir that every machine mounts\n"
+    ))  # fmt: skip

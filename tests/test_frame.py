@@ -44,3 +44,18 @@ def test_frame_errors_name_the_setting(writer):
         writer(pd.DataFrame({"price": [1]}))
     with pytest.raises(InputError, match="already has a column named 'ad_copy'"):
         writer(pd.DataFrame({"name": ["Mug"], "description": ["Blue"], "ad_copy": ["x"]}))
+
+
+def test_arrow_tables_get_the_ads_run_writes_with_their_columns_untouched(writer, run_ads, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from conftest import SAMPLE_PARQUET, run_rows
+
+    expected = run_rows(run_ads, tmp_path / "out.parquet")
+    table = pq.read_table(SAMPLE_PARQUET)  # decimals, timestamps, lists: columns that pandas would convert
+    out = writer.add_to_arrow(table)
+    assert out.schema.names == table.schema.names + ["ad_copy", "ad_status", "ad_flags"]
+    assert out.select(table.schema.names).equals(table)
+    assert all(out.schema.field(name).type == pa.string() for name in writer.new_columns)
+    assert out.to_pylist() == expected  # in order: the ads, statuses and flags run writes

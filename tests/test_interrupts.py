@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from adpulse_batch.storage import local_output_path, location
 from conftest import write_csv
 
 ROWS = 40_000  # ten chunks; ten products repeated, so the cache makes most of the work cheap
@@ -23,14 +24,16 @@ def interrupt(args, output, *, at, stop, env=None) -> subprocess.CompletedProces
     """Run `adpulse-batch run ARGS -o OUTPUT` in a subprocess and send it `stop` (a signal)
     at `at`: "part", once the first part file is committed to the work directory, or
     "assembly", once the output's temporary file `.<output>.<pid>.tmp` is being written.
+    OUTPUT may be an object's URI (its work directory and temporary file are local).
     Returns the finished process (stderr as text)."""
     command = [sys.executable, "-m", "adpulse_batch", "run", *map(str, args), "-o", str(output)]
     process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE, text=True)
     # The lowest priority: on a busy machine the run slows down, not the polling below.
     os.setpriority(os.PRIO_PROCESS, process.pid, 19)
-    work = output.with_name(f".{output.name}.adpulse-work")
+    local = local_output_path(location(output, flag="-o"))  # an object output's stand-in is local
+    work = local.with_name(f".{local.name}.adpulse-work")
     point = {"part": lambda: list(work.glob("part-*.parquet")),
-             "assembly": lambda: output.with_name(f".{output.name}.{process.pid}.tmp").exists()}[at]  # fmt: skip
+             "assembly": lambda: local.with_name(f".{local.name}.{process.pid}.tmp").exists()}[at]  # fmt: skip
     deadline = time.monotonic() + 120
     while not point():
         if process.poll() is not None or time.monotonic() > deadline:
