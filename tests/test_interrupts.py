@@ -40,6 +40,8 @@ def interrupt(args, output, *, at, stop, env=None) -> subprocess.CompletedProces
             process.kill()
             pytest.fail(f"the run ended (or hung) before reaching {at}: {process.communicate()[1]}")
         time.sleep(0.002)
+    if process.poll() is not None:  # the whole run fitted between two polls: nothing was interrupted
+        pytest.fail(f"the run ended (exit {process.returncode}) before it could be stopped at {at}")
     process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
     return subprocess.CompletedProcess(command, process.returncode, "", stderr)
