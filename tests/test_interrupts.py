@@ -27,7 +27,12 @@ def interrupt(args, output, *, at, stop, env=None) -> subprocess.CompletedProces
     OUTPUT may be an object's URI (its work directory and temporary file are local).
     Returns the finished process (stderr as text)."""
     command = [sys.executable, "-m", "adpulse_batch", "run", *map(str, args), "-o", str(output)]
-    process = subprocess.Popen(command, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE, text=True)
+    # SIGINT as a terminal's Ctrl-C gives it, even where this test runs with SIGINT ignored (a
+    # shell's background job, such as `.ci/run &`), which the run would inherit and honour.
+    process = subprocess.Popen(
+        command, env={**os.environ, **(env or {})}, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     # The lowest priority: on a busy machine the run slows down, not the polling below.
     os.setpriority(os.PRIO_PROCESS, process.pid, 19)
     local = local_output_path(location(output, flag="-o"))  # an object output's stand-in is local
