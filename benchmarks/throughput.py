@@ -286,9 +286,13 @@ def start_vllm(arch: str, model_dir: Path, adapter_dir: Path, merged_dir: Path, 
 
 
 def vllm_tokens(llm, lora, prompt_ids: list[list[int]], new_tokens: int, stop_ids: list[int]) -> list[list[int]]:
-    """One `LLM.generate` over every prompt, greedy, with the stops run gives it."""
+    """One `LLM.generate` over every prompt, greedy, with the stops run gives it. The prefix
+    cache is emptied first: otherwise a repeat finds every prompt cached by the one before,
+    which `run --engine vllm`, starting its engine afresh, never does."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
+
+    llm.reset_prefix_cache()
 
     params = SamplingParams(temperature=0, max_tokens=new_tokens, stop=["###"], stop_token_ids=stop_ids, include_stop_str_in_output=True)
     outputs = llm.generate([TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], params, use_tqdm=False, lora_request=lora)
