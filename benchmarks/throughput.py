@@ -447,7 +447,7 @@ def parse_args(argv=None):
         help=f"comma-separated subset of {','.join(METHODS)} (default {','.join(DEFAULT_METHODS)}; vllm and run-vllm need vLLM)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="auto: float32 on CPU, bf16 on GPU")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto", help="auto: as run's (bfloat16 on GPUs and on CPUs with bfloat16 arithmetic, else float32)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ceiling-seconds", type=float, default=5.0, help="time spent measuring the matmul ceiling")
     parser.add_argument("--quiet-below", type=float, default=0.1, help="before each timed run, wait until other processes use less than this share of the cores (1: never wait)")

@@ -24,7 +24,7 @@ def test_throughput_benchmark_runs_every_method_and_checks_the_text(tmp_path, ar
     out = tmp_path / "result.json"
     code = throughput.main([
         "--arch", arch, "--preset", "micro", "--rows", "6", "--new-tokens", "3", "--repeats", "1",
-        "--methods", ",".join(throughput.DEFAULT_METHODS), "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
+        "--methods", ",".join(throughput.DEFAULT_METHODS), "--dtype", "float32", "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
     ])  # fmt: skip
     result = json.loads(out.read_text())
     assert code == 0

@@ -68,7 +68,7 @@ def test_throughput_benchmark_runs_the_vllm_methods(tmp_path):
     out = tmp_path / "result.json"
     code = throughput.main([
         "--arch", "llama", "--preset", "micro", "--rows", "6", "--new-tokens", "3", "--repeats", "1",
-        "--methods", "naive,adpulse,vllm,run-vllm", "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
+        "--methods", "naive,adpulse,vllm,run-vllm", "--dtype", "float32", "--quiet-below", "1", "--ceiling-seconds", "0.05", "--json", str(out),
     ])  # fmt: skip
     result = json.loads(out.read_text())
     assert code == 0
