@@ -135,25 +135,6 @@ class PeakMemory:
         return self.peak_kb / 1024
 
 
-class OtherLoad(T.OtherLoad):
-    """throughput.OtherLoad, counting the methods' processes as this one's: once a child is
-    waited for, its CPU time (and its own waited-for children's) is this process's cutime."""
-
-    def reset(self) -> None:
-        self.start, (self.busy, self.own) = time.monotonic(), _busy_with_children()
-
-    def fraction(self) -> float:
-        busy, own = _busy_with_children()
-        elapsed = max(time.monotonic() - self.start, 1e-3)
-        return max(0.0, ((busy - self.busy) - (own - self.own)) / (elapsed * self.hz * self.cores))
-
-
-def _busy_with_children() -> tuple[int, int]:
-    busy, _ = T._busy_jiffies()
-    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return busy, sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
-
-
 def _tree(root: int) -> list[int]:
     parents = {}
     for entry in Path("/proc").iterdir():
@@ -191,7 +172,7 @@ def command(method: str, work: Path, args) -> list[str]:
 def timed(method: str, work: Path, args) -> dict:
     """Run one method as a process of its own; its ads, timings and peak memory."""
     T.wait_for_quiet(args.quiet_below, args.max_wait)
-    load = OtherLoad()
+    load = T.OtherLoad()
     started = time.perf_counter()
     process = subprocess.Popen(command(method, work, args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     memory = PeakMemory(process.pid)

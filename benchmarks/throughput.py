@@ -322,10 +322,11 @@ def peak_rss_mb() -> float:
 
 
 def _busy_jiffies() -> tuple[int, int]:
-    """(CPU time of the whole machine, of this process), in clock ticks."""
+    """(CPU time of the whole machine, of this process and the children it has waited for:
+    a method run as a process of its own is not "other load"), in clock ticks."""
     values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
-    return sum(values) - values[3] - values[4], int(own[11]) + int(own[12])
+    return sum(values) - values[3] - values[4], sum(int(f) for f in own[11:15])  # utime, stime, cutime, cstime
 
 
 class OtherLoad:
