@@ -113,9 +113,10 @@ def test_a_run_stopped_anywhere_resumes_to_the_same_bytes(run_ads, test_model, t
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
-# In bfloat16 a row's ad can depend on the other rows of its batch; a resumed run still
-# writes the uninterrupted run's bytes, because it makes the same batches of the rows left
-# (results are committed a whole batch at a time).
+# In bfloat16 a row's ad can depend on the other rows of its batch (a near-tie rounded the
+# other way; rare on the CPU since attention there no longer uses torch's fused kernel): a
+# resumed run still writes the uninterrupted run's bytes, because it makes the same batches
+# of the rows left (results are committed a whole batch at a time).
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_run_killed_while_generating_resumes_where_it_stopped(run_cli, test_model, tmp_path, dtype):
     words = "soft warm linen cotton bright steel handmade durable classic modern".split()
@@ -127,14 +128,10 @@ def test_a_run_killed_while_generating_resumes_where_it_stopped(run_cli, test_mo
     env = {"ADPULSE_COMMIT_SECONDS": "0.5"}
     assert run_cli("run", *args, "-o", tmp_path / "whole.csv").exit_code == 0
     whole = (tmp_path / "whole.csv").read_bytes()
-    others = []
-    for batch in (3, 13):
-        assert run_cli("run", *args, "--batch-size", batch, "-o", tmp_path / f"batch{batch}.csv").exit_code == 0
-        others.append((tmp_path / f"batch{batch}.csv").read_bytes())
-    if dtype == "float32":
-        assert others == [whole, whole]  # the same ads whatever the batch
-    else:
-        assert any(other != whole for other in others)  # other batches, other ads: the batches matter here
+    if dtype == "float32":  # the same ads whatever the batch
+        for batch in (3, 13):
+            assert run_cli("run", *args, "--batch-size", batch, "-o", tmp_path / f"batch{batch}.csv").exit_code == 0
+            assert (tmp_path / f"batch{batch}.csv").read_bytes() == whole
     out = tmp_path / "out.csv"
     assert_stopped(interrupt(args, out, at="part", stop=signal.SIGKILL, env=env), signal.SIGKILL, out)
     done = run_cli("run", *args, "-o", out, "--report", tmp_path / "r.json")

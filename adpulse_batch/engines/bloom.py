@@ -57,8 +57,9 @@ class BloomForward:
         the float32 logits of the last position."""
         batch, steps = ids.shape
         end = start + steps
-        alibi = self.slopes[None, :, None] * positions[:, None, :end].to(torch.float32)
-        bias = alibi[:, :, None, :].masked_fill(~allowed_slots(valid, start, end)[:, None], float("-inf")).to(self.dtype)
+        seen = cache.seen(end)
+        alibi = self.slopes[None, :, None] * positions[:, None, :seen].to(torch.float32)
+        bias = alibi[:, :, None, :].masked_fill(~allowed_slots(valid, start, end, seen)[:, None], float("-inf")).to(self.dtype)
         x = self.embeddings_norm(self.embeddings(ids))
         for layer, keys, values in zip(self.layers, cache.keys, cache.values):
             attention = layer.self_attention
@@ -66,7 +67,7 @@ class BloomForward:
             q, k, v = qkv.view(batch, steps, self.heads, 3, self.head_dim).permute(3, 0, 2, 1, 4)
             keys[:, :, start:end] = k
             values[:, :, start:end] = v
-            context = attend(q, keys[:, :, :end], values[:, :, :end], bias, scale=self.head_dim**-0.5)
+            context = attend(q, keys[:, :, :seen], values[:, :, :seen], bias, scale=self.head_dim**-0.5)
             x = x + attention.dense(context.transpose(1, 2).reshape(batch, steps, -1))
             mlp = layer.mlp
             x = x + mlp.dense_4h_to_h(F.gelu(mlp.dense_h_to_4h(layer.post_attention_layernorm(x)), approximate="tanh"))

@@ -60,7 +60,7 @@ class RopeForward:
         slots up to its own, at its `positions` (both (batch, slots)). Returns the float32
         logits of the last position."""
         end = start + ids.shape[1]
-        allowed = allowed_slots(valid, start, end)
+        allowed = allowed_slots(valid, start, end, cache.seen(end))
         bias = torch.zeros(allowed.shape, device=self.device).masked_fill_(~allowed, float("-inf"))[:, None]
         cache.start = start
         hidden = self.decoder(
