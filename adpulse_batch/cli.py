@@ -279,7 +279,7 @@ def _toml_text(setting) -> str:
 @model_options
 @click.option("--template", type=click.Path(path_type=Path), metavar="FILE", help="Prompt template file with {product} and {description}. Default: the adapter's own, else the AdPulse prompt.")
 @chat_option
-@click.option("--batch-size", type=int, help="Requests generated together.  [default: 32 with --engine torch, 1024 with vllm]")
+@click.option("--batch-size", type=int, help="Requests generated together.  [default: 128 with --engine torch (fewer where their cache would pass 4 GiB), 1024 with vllm]")
 @click.option("--max-new-tokens", type=int, default=64, show_default=True, help="Most tokens per ad.")
 @click.option("--max-prompt-tokens", type=int, default=256, show_default=True, help="Longer prompts have their description cut to fit (status 'ok: input truncated').")
 @click.option("--num-variants", type=int, default=1, show_default=True, help="Ads per product (needs --temperature above 0).")

@@ -37,6 +37,18 @@ FAMILIES: dict[str, Family] = {
 }
 
 
+def cache_values_per_token(config: dict) -> int:
+    """How many keys and values one token of one row puts in the torch engine's cache, over
+    all layers, for a model of this config.json (BLOOM's older configs name its sizes
+    differently)."""
+    if config.get("model_type") == "bloom":
+        layers = config.get("n_layer", config.get("num_hidden_layers"))
+        return 2 * layers * config.get("hidden_size", config.get("n_embed"))
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    return 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim
+
+
 def family_of(config: dict, name: str) -> Family:
     """The family of a model from its config.json, or a one-line refusal naming the supported ones."""
     kind = config.get("model_type")

@@ -52,9 +52,10 @@ class AdWriter:
         self.flags_columns = ad_column_names(flags_column, self.generation.num_variants) if flags_column is not None else []
         channel = self.generation.target_channel
         self.rules = FlagRules(BannedWords(self.generation.banned_words), forbid_emoji=channel is not None and not channel.allows_emoji)
-        self.batch_size = batch_size or engine_class(self.model.engine).batch_size
         self.template = load_template(self.model, None, chat)
         check_model(self.model)
+        slots = max_prompt_tokens + self.generation.max_new_tokens
+        self.batch_size = batch_size or engine_class(self.model.engine).default_batch_size(self.model, slots=slots)
         check_fits(self.model, max_prompt_tokens=max_prompt_tokens, max_new_tokens=self.generation.max_new_tokens)
         self.builder = PromptBuilder(self.template, load_tokenizer(self.model), max_prompt_tokens)
         self.builder.check()

@@ -145,7 +145,8 @@ def prepare(settings: RunSettings) -> Job:
     # whose ads all come from the cache never needs it.
     if not template_fits_untokenized(template, settings.max_prompt_tokens):
         PromptBuilder(template, load_tokenizer(settings.model), settings.max_prompt_tokens).check()
-    batch_size = settings.batch_size or engine_class(settings.model.engine).batch_size
+    slots = settings.max_prompt_tokens + settings.generation.max_new_tokens
+    batch_size = settings.batch_size or engine_class(settings.model.engine).default_batch_size(settings.model, slots=slots)
     return Job(settings, catalog, output, Planner(template, product, description), batch_size)
 
 

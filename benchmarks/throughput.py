@@ -496,7 +496,6 @@ def measure(args, work_dir: Path) -> int:
             args.methods.remove("run")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    batch_size = args.batch_size or engine_class("torch").batch_size
     shape = dict(PRESETS[args.arch][args.preset])
     if args.vocab:
         shape["vocab"] = args.vocab
@@ -522,6 +521,7 @@ def measure(args, work_dir: Path) -> int:
         writer.writerows(catalog)
 
     model_settings = ModelSettings(model=str(model_dir), adapter=str(adapter_dir), device=args.device, dtype=args.dtype)
+    batch_size = args.batch_size or engine_class("torch").default_batch_size(model_settings, slots=builder.max_tokens + new)  # run's
     merged = load_model(model_settings, device=device, tokenizer=tokenizer)
     unmerged = load_unmerged(model_dir, adapter_dir, device=device, dtype=dtype)
     generator = load_generator(model_settings, builder, GenerationSettings(max_new_tokens=new), device=device)

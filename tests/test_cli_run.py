@@ -73,6 +73,7 @@ def test_report_says_what_ran(run_ads, test_model, tmp_path):
     assert report["model"]["adapter"] == str(test_model[1])
     assert report["template"].startswith("You are the world's best Marketing expert.")
     assert report["generation"]["max_new_tokens"] == 12 and report["generation"]["temperature"] == 0
+    assert report["batch_size"] == 128  # the torch engine's default: a tiny model's cache is far below 4 GiB
     assert report["new_tokens"] > 0 and report["seconds"] > 0
     assert len(read_csv(tmp_path / "out.csv")[1]) == 10
 

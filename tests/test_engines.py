@@ -1,6 +1,8 @@
 """The torch engine on tiny models of each family: the tokens transformers' own `generate`
 picks, whatever the batch, with or without the shared prefix, greedy or seeded."""
 
+import json
+
 import pytest
 import torch
 
@@ -115,3 +117,22 @@ def test_banned_words_are_never_written(arch_model):
     for ad in ads:
         assert not any(word.startswith(tuple(common)) for word in words_of(ad)), (ad, common)
     assert ads != free
+
+
+# Real models' shapes, from their config.json: the default batch keeps the cache of its
+# longest prompt (256 tokens and 64 new ones) within 4 GiB, in rows halved from 128.
+BLOOM_1B7 = {"model_type": "bloom", "n_layer": 24, "n_head": 16, "hidden_size": 2048}
+MISTRAL_7B = {"model_type": "mistral", "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096}
+LLAMA_1B = {"model_type": "llama", "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 2048, "head_dim": 64}
+
+
+@pytest.mark.parametrize(
+    ("config", "dtype", "rows"),
+    [(BLOOM_1B7, "bfloat16", 64), (BLOOM_1B7, "float32", 32), (MISTRAL_7B, "bfloat16", 64), (MISTRAL_7B, "float32", 32), (LLAMA_1B, "float32", 128)],
+)
+def test_the_default_batch_fits_its_cache_in_4_gib(tmp_path, config, dtype, rows):
+    from adpulse_batch.engines import engine_class
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = ModelSettings(model=str(tmp_path), adapter=None, device="cpu", dtype=dtype)
+    assert engine_class("torch").default_batch_size(model, slots=256 + 64) == rows

@@ -66,6 +66,12 @@ class Engine(ABC):
     """Requests per `generate` call when the user sets none: what keeps this engine busy."""
 
     @classmethod
+    def default_batch_size(cls, model, *, slots: int) -> int:
+        """`batch_size`, or what this engine makes of it for `model` (ModelSettings), whose
+        prompts with their answers take up to `slots` tokens; known without loading anything."""
+        return cls.batch_size
+
+    @classmethod
     @abstractmethod
     def identity(cls, model, device) -> dict:
         """What of this engine decides an ad — its name and version, the device type and

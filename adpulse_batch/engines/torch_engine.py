@@ -15,16 +15,23 @@ import torch
 
 from adpulse_batch.engines import Decoding, Engine, Request
 from adpulse_batch.engines.kv import Prefix
-from adpulse_batch.model import load_model, model_family, resolve_dtype
+from adpulse_batch.families import cache_values_per_token
+from adpulse_batch.model import base_config, load_model, model_family, resolve_device, resolve_dtype
 
 # Raise when a change to the forward passes or the decoding loop can change an ad: it is
 # part of every cache key and work fingerprint.
 VERSION = 1
 
+# The default batch's key/value cache at the longest prompt stays within this; a batch of
+# rows is one cache, allocated whole (bloom-1b7 at 320 slots: 64 rows in bfloat16, 32 in float32).
+DEFAULT_CACHE_BYTES = 4 * 2**30
+
 
 class TorchEngine(Engine):
     name = "torch"
-    batch_size = 64  # in bfloat16 on CPU, 64 rows ran about twice as fast as 32; float32 gains less (benchmarks/README.md)
+    # On a 2-core CPU in bfloat16, the benchmark models ran 1.2-1.4x as fast at 128 rows as at
+    # 64, and 64 about twice as fast as 32 (benchmarks/README.md).
+    batch_size = 128
 
     def __init__(self, forward, *, pad_id: int, decoding: Decoding):
         self.forward = forward
@@ -42,6 +49,16 @@ class TorchEngine(Engine):
             "torch": torch.__version__,
             "transformers": metadata.version("transformers"),
         }
+
+    @classmethod
+    def default_batch_size(cls, model, *, slots: int) -> int:
+        """128 rows, halved (down to 8) while their cache at `slots` tokens would pass 4 GiB."""
+        dtype = resolve_dtype(model.dtype, resolve_device(model.device))
+        row_bytes = cache_values_per_token(base_config(model)) * dtype.itemsize * slots
+        rows = cls.batch_size
+        while rows > 8 and rows * row_bytes > DEFAULT_CACHE_BYTES:
+            rows //= 2
+        return rows
 
     @classmethod
     def load(cls, model, *, tokenizer, device, decoding: Decoding) -> TorchEngine:
