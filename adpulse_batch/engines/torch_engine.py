@@ -29,8 +29,8 @@ DEFAULT_CACHE_BYTES = 4 * 2**30
 
 class TorchEngine(Engine):
     name = "torch"
-    # On a 2-core CPU in bfloat16, the benchmark models ran 1.2-1.4x as fast at 128 rows as at
-    # 64, and 64 about twice as fast as 32 (benchmarks/README.md).
+    # On 2 CPU cores in bfloat16, the benchmark's Llama ran 1.2-1.34x as fast at 128 rows as
+    # at 64 (BLOOM 1.04x), and 64 about twice as fast as 32 (benchmarks/README.md).
     batch_size = 128
 
     def __init__(self, forward, *, pad_id: int, decoding: Decoding):
