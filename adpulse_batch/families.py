@@ -46,7 +46,7 @@ def cache_values_per_token(config: dict) -> int:
         return 2 * layers * config.get("hidden_size", config.get("n_embed"))
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    return 2 * config["num_hidden_layers"] * config.get("num_key_value_heads", heads) * head_dim
+    return 2 * config["num_hidden_layers"] * (config.get("num_key_value_heads") or heads) * head_dim
 
 
 def family_of(config: dict, name: str) -> Family:

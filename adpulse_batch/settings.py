@@ -174,7 +174,7 @@ class RunSettings:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
     batch_size: int | None = None
     """Requests generated together (prompts of similar length are batched together). None: the
-    engine's own (32 for torch, 1024 for vLLM, which batches them further itself)."""
+    engine's own (128 for torch, fewer for a model whose cache would pass 4 GiB; 1024 for vLLM, which batches them further itself)."""
     max_prompt_tokens: int = 256
     """Longer prompts have their description (then product) cut to fit."""
     report: Path | None = None

@@ -105,7 +105,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torc
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), scale=scale, enable_gqa=groups > 1)
     # Group the query heads that share a key head: (batch, kv_heads, groups * T, d).
     grouped = q.reshape(batch, kv_heads, groups * steps, dim)
-    if q.dtype == torch.float32:
+    if q.dtype == torch.float32 or q.device.type != "cpu":
         scores = (keys @ grouped.transpose(-1, -2)).transpose(-1, -2) * scale
     else:
         scores = (grouped @ keys.transpose(-1, -2)) * scale

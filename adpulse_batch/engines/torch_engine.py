@@ -16,11 +16,11 @@ import torch
 from adpulse_batch.engines import Decoding, Engine, Request
 from adpulse_batch.engines.kv import Prefix
 from adpulse_batch.families import cache_values_per_token
-from adpulse_batch.model import base_config, load_model, model_family, resolve_device, resolve_dtype
+from adpulse_batch.model import base_config, load_model, model_family, resolve_dtype
 
 # Raise when a change to the forward passes or the decoding loop can change an ad: it is
 # part of every cache key and work fingerprint.
-VERSION = 1
+VERSION = 2  # 2: CPU half-precision attention without the fused kernel, default batch 128
 
 # The default batch's key/value cache at the longest prompt stays within this; a batch of
 # rows is one cache, allocated whole (bloom-1b7 at 320 slots: 64 rows in bfloat16, 32 in float32).
@@ -53,8 +53,10 @@ class TorchEngine(Engine):
     @classmethod
     def default_batch_size(cls, model, *, slots: int) -> int:
         """128 rows, halved (down to 8) while their cache at `slots` tokens would pass 4 GiB."""
-        dtype = resolve_dtype(model.dtype, resolve_device(model.device))
-        row_bytes = cache_values_per_token(base_config(model)) * dtype.itemsize * slots
+        # Not resolve_device: a Spark or Ray driver checks settings for GPU workers without a GPU.
+        on_cpu = model.device == "cpu" or (model.device == "auto" and not torch.cuda.is_available())
+        itemsize = resolve_dtype(model.dtype, torch.device("cpu")).itemsize if on_cpu else 4 if model.dtype == "float32" else 2
+        row_bytes = cache_values_per_token(base_config(model)) * itemsize * slots
         rows = cls.batch_size
         while rows > 8 and rows * row_bytes > DEFAULT_CACHE_BYTES:
             rows //= 2
