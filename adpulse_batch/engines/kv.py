@@ -21,6 +21,12 @@ class Prefix:
     values: list[torch.Tensor]
 
 
+def half_on_cpu(device, dtype) -> bool:
+    """Half precision on a CPU: attention there is plain products over the whole cache (see
+    `KVCache` and `attend`)."""
+    return torch.device(device).type == "cpu" and dtype != torch.float32
+
+
 class KVCache:
     """Keys and values of every layer for a batch, allocated once at full length.
 
@@ -39,7 +45,7 @@ class KVCache:
 
     def __init__(self, layers: int, batch: int, heads: int, length: int, head_dim: int, *, device, dtype):
         shape = (batch, heads, length, head_dim)
-        self.whole = torch.device(device).type == "cpu" and dtype != torch.float32
+        self.whole = half_on_cpu(device, dtype)
         allocate = torch.zeros if self.whole else torch.empty
         self.keys = [allocate(shape, device=device, dtype=dtype) for _ in range(layers)]
         self.values = [allocate(shape, device=device, dtype=dtype) for _ in range(layers)]
@@ -101,14 +107,15 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torc
     batch, heads, steps, dim = q.shape
     kv_heads = keys.shape[1]
     groups = heads // kv_heads
-    if q.dtype != torch.float32 and softcap is None and q.device.type != "cpu":
+    plain = half_on_cpu(q.device, q.dtype)
+    if q.dtype != torch.float32 and softcap is None and not plain:
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=bias.to(q.dtype), scale=scale, enable_gqa=groups > 1)
     # Group the query heads that share a key head: (batch, kv_heads, groups * T, d).
     grouped = q.reshape(batch, kv_heads, groups * steps, dim)
-    if q.dtype == torch.float32 or q.device.type != "cpu":
-        scores = (keys @ grouped.transpose(-1, -2)).transpose(-1, -2) * scale
-    else:
+    if plain:
         scores = (grouped @ keys.transpose(-1, -2)) * scale
+    else:
+        scores = (keys @ grouped.transpose(-1, -2)).transpose(-1, -2) * scale
     scores = scores.reshape(batch, heads, steps, -1)
     exact = torch.float64 if q.dtype == torch.float32 else torch.float32
     scores = scores.to(exact)

@@ -55,7 +55,10 @@ class TorchEngine(Engine):
         """128 rows, halved (down to 8) while their cache at `slots` tokens would pass 4 GiB."""
         # Not resolve_device: a Spark or Ray driver checks settings for GPU workers without a GPU.
         on_cpu = model.device == "cpu" or (model.device == "auto" and not torch.cuda.is_available())
-        itemsize = resolve_dtype(model.dtype, torch.device("cpu")).itemsize if on_cpu else 4 if model.dtype == "float32" else 2
+        if on_cpu:
+            itemsize = resolve_dtype(model.dtype, torch.device("cpu")).itemsize
+        else:  # a GPU's auto is bfloat16 or float16
+            itemsize = 4 if model.dtype == "float32" else 2
         row_bytes = cache_values_per_token(base_config(model)) * itemsize * slots
         rows = cls.batch_size
         while rows > 8 and rows * row_bytes > DEFAULT_CACHE_BYTES:
